@@ -1,0 +1,1 @@
+"""The ClientApp and the local training steps it is built from."""

@@ -1,0 +1,1 @@
+"""Models, datasets and partitioners: plain torch/numpy, no Flower, no CLI."""

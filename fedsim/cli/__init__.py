@@ -1,0 +1,1 @@
+"""The `fedsim` command line: one module per command; no training or crypto here."""

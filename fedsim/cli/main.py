@@ -1,0 +1,57 @@
+"""Entry point: assembles the commands and turns fedsim errors into one-line exits."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+from rich.console import Console
+
+from fedsim.errors import FedsimError
+
+app = typer.Typer(
+    name="fedsim",
+    help="Privacy-preserving federated learning: Flower FedAvg on Ray, "
+    "Opacus DP-SGD, TenSEAL CKKS secure aggregation.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Privacy-preserving federated learning."""
+
+
+def _register() -> None:
+    from fedsim.cli import run
+
+    app.command("run", help=run.__doc__)(run.run)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        code = app(standalone_mode=False)
+    except FedsimError as err:
+        err_console.print(f"[bold red]error:[/] {err}")
+        sys.exit(err.exit_code)
+    except click.exceptions.NoArgsIsHelpError:
+        sys.exit(0)
+    except click.ClickException as err:
+        hint = f" (see '{err.ctx.command_path} --help')" if getattr(err, "ctx", None) else ""
+        err_console.print(f"[bold red]error:[/] {err.format_message()}{hint}")
+        sys.exit(err.exit_code)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; the run folder holds the rounds done so far")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,175 @@
+"""The run configuration: parsed from TOML and flags once, validated once, frozen.
+
+Every rule about what a run may ask for lives here; all problems are collected and
+reported together in one ConfigError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from fedsim.errors import ConfigError
+
+Partition = Literal["iid", "dirichlet", "shards"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Everything a `fedsim run` needs; field names are the flags with '_' for '-'."""
+
+    clients: int = 100
+    rounds: int = 30
+    fraction: float = 0.1
+    local_epochs: int = 5
+    batch_size: int = 10
+    lr: float = 0.05
+    model: str = "cnn"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    partition: Partition = "iid"
+    alpha: float = 0.5
+    shards_per_client: int = 2
+    val_fraction: float = 0.1
+    seed: int = 42
+    device: Device = "auto"
+    cpus_per_client: float = 1.0
+    gpus_per_client: float = 0.0
+    round_timeout: float = 600.0
+    out: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved configuration as plain JSON-able values."""
+        return dataclasses.asdict(self)
+
+    def clients_per_round(self) -> int:
+        """How many clients are sampled each round (at least one)."""
+        return max(1, int(round(self.fraction * self.clients)))
+
+
+FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
+_TYPES: dict[str, Any] = {f.name: f.type for f in fields(RunConfig)}
+
+
+def flag_name(key: str) -> str:
+    """The user-facing spelling of a field ('local_epochs' -> 'local-epochs')."""
+    return key.replace("_", "-")
+
+
+def _coerce(key: str, value: Any, problems: list[str]) -> Any:
+    """Convert a raw TOML/flag value to the field's type, recording problems."""
+    kind = _TYPES[key]
+    name = flag_name(key)
+    if value is None:
+        return None
+    if kind in ("int",):
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"{name} must be an integer, got {value!r}")
+        return value
+    if kind in ("float",):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problems.append(f"{name} must be a number, got {value!r}")
+            return value
+        return float(value)
+    if kind in ("Partition", "Device"):
+        allowed = get_args(Partition if kind == "Partition" else Device)
+        if value not in allowed:
+            problems.append(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        return value
+    if not isinstance(value, str):
+        problems.append(f"{name} must be a string, got {value!r}")
+    return value
+
+
+def _check_ranges(cfg: dict[str, Any], problems: list[str]) -> None:
+    def positive(key: str) -> None:
+        value = cfg[key]
+        if isinstance(value, int | float) and value <= 0:
+            problems.append(f"{flag_name(key)} must be > 0, got {value}")
+
+    for key in ("clients", "rounds", "local_epochs", "batch_size", "lr", "alpha",
+                "shards_per_client", "round_timeout"):
+        positive(key)
+    fraction = cfg["fraction"]
+    if isinstance(fraction, float) and not 0.0 < fraction <= 1.0:
+        problems.append(f"fraction must be in (0, 1], got {fraction}")
+    val = cfg["val_fraction"]
+    if isinstance(val, float) and not 0.0 < val < 1.0:
+        problems.append(f"val-fraction must be in (0, 1), got {val}")
+    if isinstance(cfg["cpus_per_client"], float) and cfg["cpus_per_client"] <= 0:
+        problems.append(f"cpus-per-client must be > 0, got {cfg['cpus_per_client']}")
+    if isinstance(cfg["gpus_per_client"], float) and cfg["gpus_per_client"] < 0:
+        problems.append(f"gpus-per-client must be >= 0, got {cfg['gpus_per_client']}")
+
+
+def _check_names(cfg: dict[str, Any], problems: list[str]) -> None:
+    from fedsim.fedmodels.datasets import dataset_names
+    from fedsim.fedmodels.models import model_names
+
+    if cfg["model"] not in model_names():
+        problems.append(
+            f"unknown model '{cfg['model']}'; choose one of: {', '.join(model_names())}"
+        )
+    if cfg["dataset"] not in dataset_names():
+        problems.append(
+            f"unknown dataset '{cfg['dataset']}'; "
+            f"choose one of: {', '.join(dataset_names())}"
+        )
+
+
+def build_config(values: dict[str, Any]) -> RunConfig:
+    """Validate raw values (defaults filled in) and return a frozen RunConfig."""
+    problems: list[str] = []
+    normalized: dict[str, Any] = {}
+    for raw_key, value in values.items():
+        key = raw_key.replace("-", "_")
+        if key not in FIELD_NAMES:
+            valid = ", ".join(flag_name(k) for k in FIELD_NAMES)
+            problems.append(f"unknown config key '{raw_key}'; valid keys: {valid}")
+            continue
+        normalized[key] = _coerce(key, value, problems)
+    merged = {**RunConfig().to_dict(), **normalized}
+    _check_ranges(merged, problems)
+    _check_names(merged, problems)
+    if problems:
+        raise ConfigError(problems)
+    return RunConfig(**merged)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file; keys may sit at top level or under [run]."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(
+            f"cannot read config file '{path}': {err.strerror or err}; "
+            "check the path given to --config"
+        ) from err
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file '{path}' is not valid TOML: {err}") from err
+    if "run" in data and isinstance(data["run"], dict):
+        extra = {k: v for k, v in data.items() if k != "run"}
+        data = {**data["run"], **extra}
+    return data
+
+
+def resolve_config(
+    *, config_file: str | Path | None, overrides: dict[str, Any]
+) -> RunConfig:
+    """Defaults, then the TOML file, then flags (those not None) on top."""
+    values = read_config_file(config_file) if config_file else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return build_config(values)
+
+
+def config_from_json(text: str) -> RunConfig:
+    """Rebuild a RunConfig from its `config.json` form."""
+    return build_config(json.loads(text))

@@ -1,0 +1,27 @@
+"""The project's exception hierarchy; the CLI turns these into one-line errors."""
+
+
+class FedsimError(Exception):
+    """Base class of every error fedsim reports to a user."""
+
+    exit_code = 1
+
+
+class ConfigError(FedsimError):
+    """A run configuration is invalid; carries every problem found at once."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class DatasetError(FedsimError):
+    """A dataset cannot be found, read or partitioned as asked."""
+
+    exit_code = 2
+
+
+class RunAborted(FedsimError):
+    """A run stopped before its last round (too few clients replied, ...)."""

@@ -1,0 +1,1 @@
+"""The ServerApp, its strategies, and the pure aggregation math they use."""

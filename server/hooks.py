@@ -1,0 +1,43 @@
+"""Round hooks: how the server reports progress without knowing who listens."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Protocol
+
+import torch
+
+
+class RoundListener(Protocol):
+    """Receives the server's events (the run folder and the progress bar listen)."""
+
+    def on_start(self, info: dict) -> None:
+        """Called once the federation is known, before round 1."""
+
+    def on_round(self, record: dict) -> None:
+        """Called at the end of every round with that round's metrics."""
+
+    def on_finish(self, state_dict: OrderedDict[str, torch.Tensor] | None) -> None:
+        """Called after the last round with the final global model (if readable)."""
+
+
+class Listeners:
+    """Fan one event out to several listeners."""
+
+    def __init__(self, *listeners: RoundListener) -> None:
+        self.listeners = listeners
+
+    def on_start(self, info: dict) -> None:
+        """Forward to every listener."""
+        for listener in self.listeners:
+            listener.on_start(info)
+
+    def on_round(self, record: dict) -> None:
+        """Forward to every listener."""
+        for listener in self.listeners:
+            listener.on_round(record)
+
+    def on_finish(self, state_dict) -> None:
+        """Forward to every listener."""
+        for listener in self.listeners:
+            listener.on_finish(state_dict)

@@ -1,0 +1,1 @@
+"""Build a federation from a RunConfig and run it on Flower's Ray simulation engine."""

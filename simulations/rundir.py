@@ -1,0 +1,105 @@
+"""The run folder: every file written atomically (temp file + rename)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so a reader sees the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Atomically write pretty JSON."""
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
+def fresh_run_dir(out: str | None, base: str = "runs") -> Path:
+    """The requested folder, or a new runs/<timestamp> one (suffixed if taken)."""
+    if out:
+        path = Path(out)
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path(base) / stamp
+        n = 1
+        while path.exists():
+            path = Path(base) / f"{stamp}-{n}"
+            n += 1
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class RunRecorder:
+    """Listens to the server and keeps the run folder's files current."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.rows: list[dict] = []
+        self.initial: dict | None = None
+        self.started = time.monotonic()
+        self.finished = False
+        self.info: dict = {}
+
+    def on_start(self, info: dict) -> None:
+        """Remember what the server found (number of clients, ...)."""
+        self.info = dict(info)
+        self.started = time.monotonic()
+
+    def on_round(self, record: dict) -> None:
+        """Append one round to metrics.jsonl (rewritten whole, atomically)."""
+        if record.get("initial"):
+            self.initial = {k: v for k, v in record.items() if k != "initial"}
+            return
+        self.rows.append(dict(record))
+        text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in self.rows)
+        atomic_write_bytes(self.run_dir / "metrics.jsonl", text.encode())
+
+    def on_finish(self, state_dict) -> None:
+        """Save the final global model."""
+        if state_dict is not None:
+            path = self.run_dir / "model.pt"
+            tmp = path.with_suffix(".pt.tmp")
+            torch.save(state_dict, tmp)
+            os.replace(tmp, path)
+        self.finished = True
+
+    def summary(self, extra: dict | None = None) -> dict:
+        """Totals over the recorded rounds."""
+        wall = time.monotonic() - self.started
+        updates = sum(r.get("clients_replied", 0) for r in self.rows)
+        last = self.rows[-1] if self.rows else {}
+        best = max((r.get("central_accuracy") or 0.0 for r in self.rows), default=None)
+        return {
+            "finished": self.finished,
+            "rounds_completed": len(self.rows),
+            "final_central_accuracy": last.get("central_accuracy"),
+            "best_central_accuracy": best,
+            "final_federated_accuracy": last.get("fed_accuracy"),
+            "initial_central_accuracy": (self.initial or {}).get("central_accuracy"),
+            "client_updates": updates,
+            "rounds_wall_time_s": wall,
+            "client_updates_per_s": updates / wall if wall > 0 else None,
+            "bytes_sent": sum(r.get("bytes_sent", 0) for r in self.rows),
+            "bytes_received": sum(r.get("bytes_received", 0) for r in self.rows),
+            **self.info,
+            **(extra or {}),
+        }

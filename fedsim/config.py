@@ -28,7 +28,7 @@ class RunConfig:
     fraction: float = 0.1
     local_epochs: int = 5
     batch_size: int = 10
-    lr: float = 0.05
+    lr: float = 0.2
     model: str = "cnn"
     dataset: str = "digits"
     data_dir: str | None = None

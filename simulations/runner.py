@@ -86,11 +86,16 @@ def start_run(cfg: RunConfig) -> PreparedRun:
 
 
 def simulate(cfg: RunConfig, *, listener: RoundListener | None = None,
-             verbose: bool = False, started: PreparedRun | None = None) -> RunOutcome:
-    """Prepare (unless `started` is given) and run a whole simulation."""
+             verbose: bool = False, started: PreparedRun | None = None,
+             client_app=None) -> RunOutcome:
+    """Prepare (unless `started` is given) and run a whole simulation.
+
+    `client_app` replaces fedsim's ClientApp (tests inject faulty clients this way).
+    """
     from flwr.simulation import run_simulation
 
-    from fedsim.client.app import app as client_app
+    if client_app is None:
+        from fedsim.client.app import app as client_app
 
     quiet_logs(verbose)
     started = started or start_run(cfg)

@@ -17,7 +17,7 @@ def run(
     fraction: Annotated[float | None, typer.Option(help="Fraction of clients sampled per round, in (0, 1]. [default: 0.1]")] = None,
     local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round. [default: 5]")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Local batch size. [default: 10]")] = None,
-    lr: Annotated[float | None, typer.Option(help="Local SGD learning rate. [default: 0.05]")] = None,
+    lr: Annotated[float | None, typer.Option(help="Local SGD learning rate. [default: 0.2]")] = None,
     model: Annotated[str | None, typer.Option(help="Model name (see `fedsim models`). [default: cnn]")] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset name. [default: digits]")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Local files for the dataset.")] = None,

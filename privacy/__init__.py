@@ -1,0 +1,1 @@
+"""Privacy: DP accounting and ledger, HE keys and codec. Imports nothing above it (no Flower, no CLI)."""

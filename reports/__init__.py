@@ -1,0 +1,1 @@
+"""Run reports: privacy-budget and results views built from a run folder."""

@@ -1,0 +1,169 @@
+"""CKKS secure aggregation vs plaintext FedAvg: wire size, time, error.
+
+For each model (the FedAvg MNIST CNN, 1,663,370 parameters, and the default digits
+CNN, 188,810) and each HE parameter set, a few clients encrypt weight*update, the
+server (public context only) deserializes and adds each update, and the sum is
+decrypted and divided on the client side. The same updates are averaged in
+plaintext (numpy, float64 weighted sum) in the same run. Times are medians over the
+clients; the machine's cores may be shared, so compare rows of one run.
+
+    python benchmarks/bench_he.py [--clients 3] [--sets default compact]
+                                  [--models mnist digits] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from fedsim.fedmodels.models import FedAvgCNN
+from fedsim.privacy import he
+from fedsim.server.aggregate import Accumulator, fedavg, weighted, weighted_average
+
+MODELS = {"mnist": (1, 28, 28), "digits": (1, 8, 8)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Row:
+    model: str
+    params: int
+    scheme: str
+    security: str
+    vectors: int
+    bytes_per_param: float
+    vs_fp32: float
+    mib_per_update: float
+    encrypt_s: float
+    aggregate_s: float
+    decrypt_s: float
+    max_err_f32: float
+    max_err_f64: float
+
+
+def model_arrays(shape: tuple[int, ...]) -> list[np.ndarray]:
+    torch.manual_seed(0)
+    model = FedAvgCNN(shape, 10)
+    return [t.detach().numpy().copy() for t in model.state_dict().values()]
+
+
+def client_updates(base, clients: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    updates = [
+        [(a + rng.normal(0, 0.05, a.shape)).astype(np.float32) for a in base]
+        for _ in range(clients)
+    ]
+    weights = rng.integers(100, 1001, size=clients).astype(float).tolist()
+    return updates, weights
+
+
+def run_he(name, params, updates, weights, reference) -> Row:
+    secret = he.create_context(params)
+    public = he.load_public_context(he.public_context_bytes(secret))
+    shapes = [a.shape for a in updates[0]]
+    num = sum(a.size for a in updates[0])
+    count = he.expected_vector_count(num, params)
+    acc, enc, agg, size = Accumulator(), [], [], 0
+    for update, weight in zip(updates, weights, strict=True):
+        t0 = time.perf_counter()
+        blobs = he.encrypt_update(secret, update, weight)
+        t1 = time.perf_counter()
+        acc.add(he.load_ciphertexts(public, blobs, expected_count=count), weight)
+        agg.append(time.perf_counter() - t1)
+        enc.append(t1 - t0)
+        size = sum(len(b) for b in blobs)
+    summed = he.serialize_vectors(acc.total)
+    t0 = time.perf_counter()
+    avg = he.decrypt_average(secret, summed, shapes=shapes, total_weight=acc.weight)
+    dec = time.perf_counter() - t0
+    vectors = he.load_ciphertexts(secret, summed, expected_count=count)
+    flat = np.concatenate([np.asarray(v.decrypt()) for v in vectors]) / acc.weight
+    exact = np.concatenate([r.ravel() for r in reference["f64"]])
+    return Row(
+        model=name,
+        params=num,
+        scheme=params.name,
+        security=f"{params.security}-bit",
+        vectors=count,
+        bytes_per_param=size / num,
+        vs_fp32=size / num / 4,
+        mib_per_update=size / 2**20,
+        encrypt_s=float(np.median(enc)),
+        aggregate_s=float(np.median(agg)),
+        decrypt_s=dec,
+        max_err_f32=max_abs(avg, reference["f32"]),
+        max_err_f64=float(np.max(np.abs(flat - exact))),
+    )
+
+
+def max_abs(got, expected) -> float:
+    return max(
+        float(np.max(np.abs(g.astype(np.float64) - e.astype(np.float64))))
+        for g, e in zip(got, expected, strict=True)
+    )
+
+
+def run_plain(name, updates, weights) -> tuple[Row, dict]:
+    acc, agg = Accumulator(), []
+    for update, weight in zip(updates, weights, strict=True):
+        t0 = time.perf_counter()
+        acc.add(weighted(update, weight), weight)
+        agg.append(time.perf_counter() - t0)
+    f64 = [t / acc.weight for t in acc.total]
+    f32 = weighted_average(acc, [np.float32] * len(acc.total))
+    num = sum(a.size for a in updates[0])
+    row = Row(
+        model=name, params=num, scheme="plaintext fp32", security="-", vectors=0,
+        bytes_per_param=4.0, vs_fp32=1.0, mib_per_update=num * 4 / 2**20,
+        encrypt_s=0.0, aggregate_s=float(np.median(agg)), decrypt_s=0.0,
+        max_err_f32=max_abs(f32, fedavg(updates, weights)), max_err_f64=0.0,
+    )  # fmt: skip
+    return row, {"f32": f32, "f64": f64}
+
+
+def table(rows: list[Row]) -> Table:
+    out = Table(title="CKKS secure aggregation vs plaintext (per client update)")
+    heads = ["model", "params", "scheme", "security", "ciphertexts", "B/param",
+             "x fp32", "MiB/update", "encrypt s", "server add s", "decrypt s",
+             "max err f32", "max err f64"]  # fmt: skip
+    for head in heads:
+        out.add_column(head, justify="right")
+    for r in rows:
+        out.add_row(
+            r.model, f"{r.params:,}", r.scheme, r.security, str(r.vectors),
+            f"{r.bytes_per_param:.2f}", f"{r.vs_fp32:.2f}", f"{r.mib_per_update:.1f}",
+            f"{r.encrypt_s:.3f}", f"{r.aggregate_s:.4f}", f"{r.decrypt_s:.3f}",
+            f"{r.max_err_f32:.2e}", f"{r.max_err_f64:.2e}",
+        )  # fmt: skip
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--sets", nargs="+", default=list(he.PARAMETER_SETS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--json", default=None, help="also write the rows here")
+    args = parser.parse_args()
+    rows = []
+    for name in args.models:
+        updates, weights = client_updates(model_arrays(MODELS[name]), args.clients)
+        plain, reference = run_plain(name, updates, weights)
+        rows.append(plain)
+        for set_name in args.sets:
+            params = he.get_params(set_name)
+            rows.append(run_he(name, params, updates, weights, reference))
+    Console(width=200).print(table(rows))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump([asdict(r) for r in rows], handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()

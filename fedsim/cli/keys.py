@@ -1,0 +1,79 @@
+"""`fedsim keys`: provision and inspect the CKKS keys of secure aggregation.
+
+The passphrase that protects client.key comes from FEDSIM_HE_PASSPHRASE or a hidden
+prompt, never from a flag (flags land in shell history and process lists).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedsim.privacy.he import ParamSetName, get_params
+from fedsim.privacy.keys import PASSPHRASE_ENV, key_info, provision, read_passphrase
+
+app = typer.Typer(
+    help="Provision and inspect CKKS keys for secure aggregation. The passphrase "
+    f"comes from ${PASSPHRASE_ENV} or a hidden prompt, never a flag.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _table(title: str, rows: list[tuple[str, Any]]) -> Table:
+    """Build a two-column rich table of labelled values."""
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for label, value in rows:
+        table.add_row(label, str(value))
+    return table
+
+
+@app.command("init")
+def init(
+    out: Annotated[
+        Path, typer.Option(help="Folder to write client.key and server.ctx into.")
+    ],
+    params: Annotated[
+        ParamSetName,
+        typer.Option(
+            help="CKKS parameter set: 'default' (N=8192, 128-bit, ~81 B/param) or "
+            "'compact' (N=4096, 192-bit, ~30 B/param, averaging only)."
+        ),
+    ] = ParamSetName.DEFAULT,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace key files already in --out.")
+    ] = False,
+) -> None:
+    """Create a key set: client.key (passphrase-encrypted, 0600) and server.ctx."""
+    chosen = get_params(params.value)
+    passphrase = read_passphrase(confirm=True)
+    keys = provision(out, params=chosen, passphrase=passphrase, overwrite=force)
+    rows = [
+        ("parameter set", chosen.name),
+        ("ring degree N", chosen.poly_modulus_degree),
+        ("primes (bits)", list(chosen.coeff_mod_bit_sizes)),
+        ("scale", f"2^{chosen.global_scale_bits}"),
+        ("security", f"{chosen.security}-bit (HE standard)"),
+        ("fingerprint", keys.fingerprint),
+        ("clients get", f"{keys.client_key_path} (+ the passphrase, separately)"),
+        ("server gets", keys.server_context_path),
+    ]
+    Console().print(_table("HE keys provisioned", rows))
+
+
+@app.command("info")
+def info(
+    file: Annotated[
+        Path, typer.Argument(help="A client.key or server.ctx written by `init`.")
+    ],
+) -> None:
+    """Describe a key file (kind, parameter set, fingerprint) without the passphrase."""
+    details = key_info(file)
+    rows = [(key.replace("_", " "), value) for key, value in details.items()]
+    Console().print(_table(f"{file}", rows))

@@ -1,14 +1,15 @@
 """The fedsim ClientApp: Flower Message API (`@app.query`, `@app.train`, `@app.evaluate`).
 
-Everything a client needs to train arrives in the message (model spec and training
-settings as JSON, the global arrays); the client's identity and data come from its
-node config. Flower types stay in this module; the work is in `training`.
+Everything a client needs arrives in the message (model spec and settings as JSON,
+the global model in plaintext or encrypted); its identity and data come from its
+node config. A round is composed of small steps: receive the global model (decrypt
+under HE), train (DP-SGD when on, after a budget check), reply (encrypt under HE).
 """
 
 from __future__ import annotations
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsim import protocol
@@ -34,17 +35,47 @@ def _settings(msg: Message) -> dict:
     return protocol.decode_settings(str(config[protocol.SETTINGS]))
 
 
-def _model_from(msg: Message, settings: dict) -> torch.nn.Module:
+def _he_context(settings: dict, context: Context):
+    if not settings.get("he"):
+        return None
+    from fedsim.client.he_step import context_for
+
+    return context_for(settings["he"], context.node_config)
+
+
+def _receive_model(msg: Message, settings: dict, he_ctx) -> torch.nn.Module:
+    """Build the model and load the global state (decrypting it under HE)."""
     model = build_model(ModelSpec.from_dict(settings["model"]))
-    model.load_state_dict(msg.content[protocol.ARRAYS].to_torch_state_dict())
+    record = msg.content[protocol.ARRAYS]
+    if he_ctx is None:
+        model.load_state_dict(record.to_torch_state_dict())
+    else:
+        from fedsim.client.he_step import global_state
+
+        model.load_state_dict(global_state(record, model, he_ctx))
     return model
 
 
 def _data_dir(msg: Message, context: Context) -> str:
     config = msg.content[protocol.CONFIG]
-    if protocol.DATA_DIR in config:
-        return str(config[protocol.DATA_DIR])
-    return str(context.node_config["data-dir"])
+    if "data-dir" in context.node_config:
+        return str(context.node_config["data-dir"])
+    return str(config[protocol.DATA_DIR])
+
+
+def _reply(msg: Message, metrics: dict, model: torch.nn.Module | None, settings: dict,
+           he_ctx, weight: float) -> Message:
+    content = RecordDict({protocol.METRICS: MetricRecord(metrics)})
+    if model is not None and he_ctx is None:
+        content[protocol.ARRAYS] = ArrayRecord(model.cpu().state_dict())
+    elif model is not None:
+        from fedsim.client.he_step import encrypted_reply
+
+        arrays, he_config = encrypted_reply(model.cpu(), weight, he_ctx,
+                                            settings["he"]["fingerprint"])
+        content[protocol.ARRAYS] = arrays
+        content[protocol.HE_CONFIG] = he_config
+    return Message(content, reply_to=msg)
 
 
 @app.query()
@@ -54,36 +85,37 @@ def hello(msg: Message, context: Context) -> Message:
     return Message(RecordDict({protocol.METRICS: reply}), reply_to=msg)
 
 
+def _local_training(model, x, y, settings, context, server_round, cid):
+    device = resolve_device(settings["device"])
+    generator = seeded_generator(int(settings["seed"]), server_round, cid)
+    if settings.get("dp"):
+        from fedsim.client.dp_step import dp_train
+
+        outcome, result = dp_train(model, x, y, settings=settings, context=context,
+                                   device=device, generator=generator)
+        return result, outcome.metrics
+    result = train_epochs(model, x, y, epochs=int(settings["local_epochs"]),
+                          batch_size=int(settings["batch_size"]), lr=float(settings["lr"]),
+                          device=device, generator=generator)
+    return result, {}
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this client's local data."""
     torch.set_num_threads(1)
     cid = client_id(context)
     settings = _settings(msg)
+    he_ctx = _he_context(settings, context)
     server_round = int(msg.content[protocol.CONFIG][protocol.ROUND])
-    model = _model_from(msg, settings)
+    model = _receive_model(msg, settings, he_ctx)
     x, y = open_store(_data_dir(msg, context)).client_data(cid, "train")
-    result = train_epochs(
-        model,
-        x,
-        y,
-        epochs=int(settings["local_epochs"]),
-        batch_size=int(settings["batch_size"]),
-        lr=float(settings["lr"]),
-        device=resolve_device(settings["device"]),
-        generator=seeded_generator(int(settings["seed"]), server_round, cid),
-    )
-    metrics = MetricRecord(
-        {
-            protocol.NUM_EXAMPLES: result.num_examples,
-            protocol.TRAIN_LOSS: result.loss,
-            protocol.CLIENT_ID: cid,
-        }
-    )
-    arrays = ArrayRecord(model.cpu().state_dict())
-    return Message(
-        RecordDict({protocol.ARRAYS: arrays, protocol.METRICS: metrics}), reply_to=msg
-    )
+    result, extra = _local_training(model, x, y, settings, context, server_round, cid)
+    metrics = {protocol.NUM_EXAMPLES: len(y), protocol.CLIENT_ID: cid, **extra}
+    if result is None:  # DP budget exhausted: nothing trained, nothing released
+        return _reply(msg, metrics, None, settings, he_ctx, len(y))
+    metrics[protocol.TRAIN_LOSS] = result.loss
+    return _reply(msg, metrics, model, settings, he_ctx, len(y))
 
 
 @app.evaluate()
@@ -92,18 +124,15 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)
     cid = client_id(context)
     settings = _settings(msg)
-    model = _model_from(msg, settings)
+    model = _receive_model(msg, settings, _he_context(settings, context))
     x, y = open_store(_data_dir(msg, context)).client_data(cid, "val")
     loss, acc = evaluate(model, x, y, device=resolve_device(settings["device"]))
-    metrics = MetricRecord(
-        {
-            protocol.NUM_EXAMPLES: len(y),
-            protocol.EVAL_LOSS: loss,
-            protocol.EVAL_ACC: acc,
-            protocol.CLIENT_ID: cid,
-        }
-    )
+    metrics = MetricRecord({
+        protocol.NUM_EXAMPLES: len(y),
+        protocol.EVAL_LOSS: loss,
+        protocol.EVAL_ACC: acc,
+        protocol.CLIENT_ID: cid,
+    })
     return Message(RecordDict({protocol.METRICS: metrics}), reply_to=msg)
 
 
-__all__ = ["app", "ConfigRecord"]

@@ -1,4 +1,7 @@
-"""Message keys shared by the ServerApp and the ClientApp (one place, both halves)."""
+"""Message keys and payload helpers shared by the ServerApp and the ClientApp."""
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
 
 ARRAYS = "arrays"
 CONFIG = "config"
@@ -29,3 +32,44 @@ def decode_settings(text: str) -> dict:
     import json
 
     return json.loads(text)
+
+
+# Differential privacy: MetricRecord keys of a DP client's reply
+DP_NOISE = "dp-noise-multiplier"
+DP_SAMPLE_RATE = "dp-sample-rate"
+DP_STEPS = "dp-steps"
+DP_DELTA = "dp-delta"
+DP_EPSILON = "dp-epsilon"  # the client's own view after this round
+DP_EXHAUSTED = "dp-budget-exhausted"  # 1: refused to train, budget would be exceeded
+
+# Homomorphic encryption: encrypted payloads travel as uint8 arrays in an ArrayRecord
+HE_CONFIG = "he"  # ConfigRecord in replies: the key fingerprint used
+HE_FINGERPRINT = "fingerprint"
+HE_TOTAL_WEIGHT = "he-total-weight"  # float64 array [sum of weights] beside a sum
+HE_PREFIX = "ct-"
+
+
+def ciphertext_key(index: int) -> str:
+    """ArrayRecord key of the index-th ciphertext."""
+    return f"{HE_PREFIX}{index:05d}"
+
+
+def encrypted_record(blobs: list[bytes], total_weight: float | None) -> ArrayRecord:
+    """Ciphertexts (and optionally the total weight) as an ArrayRecord."""
+    record = ArrayRecord()
+    for i, blob in enumerate(blobs):
+        record[ciphertext_key(i)] = Array(np.frombuffer(blob, dtype=np.uint8))
+    if total_weight is not None:
+        record[HE_TOTAL_WEIGHT] = Array(np.asarray([total_weight], dtype=np.float64))
+    return record
+
+
+def ciphertext_blobs(record: ArrayRecord) -> list[bytes]:
+    """The ciphertext bytes of a record, in index order."""
+    keys = sorted(k for k in record.keys() if k.startswith(HE_PREFIX))
+    return [record[k].numpy().tobytes() for k in keys]
+
+
+def is_encrypted(record: ArrayRecord) -> bool:
+    """True when a record carries ciphertexts rather than model layers."""
+    return any(k.startswith(HE_PREFIX) for k in record.keys())

@@ -17,9 +17,21 @@ from fedsim.fedmodels.models import ModelSpec, build_model
 from fedsim.fedmodels.store import open_store
 from fedsim.server.federation import discover
 from fedsim.server.hooks import RoundListener
+from fedsim.protocol import is_encrypted
+from fedsim.server.codecs import PlainCodec
 from fedsim.server.strategies.fedavg import FedsimFedAvg
 
 log = logging.getLogger("fedsim.server")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HEPlan:
+    """The server's view of the HE key set: public context only."""
+
+    server_context_path: str
+    fingerprint: str
+    client_key_path: str  # where clients find their key file (sent to them)
+    passphrase_file: str | None = None  # simulation only; deployments use the env
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,6 +41,8 @@ class ServerPlan:
     config: RunConfig
     model: ModelSpec
     data_dir: str | None  # None: clients hold their own data (deployment)
+    ledger_path: str | None = None  # DP runs: privacy/ledger.jsonl
+    he: HEPlan | None = None
     central_eval: bool = True
     handshake_timeout: float = 120.0
 
@@ -36,14 +50,34 @@ class ServerPlan:
 def client_settings(plan: ServerPlan) -> dict:
     """The training settings every client receives in its messages."""
     cfg = plan.config
-    return {
+    settings = {
         "model": plan.model.to_dict(),
         "local_epochs": cfg.local_epochs,
         "batch_size": cfg.batch_size,
         "lr": cfg.lr,
         "device": cfg.device,
         "seed": cfg.seed,
+        "rounds": cfg.rounds,
+        "fraction": cfg.fraction,
+        "dp": None,
+        "he": None,
     }
+    if cfg.dp:
+        settings["dp"] = {
+            "noise_multiplier": cfg.noise_multiplier,
+            "target_epsilon": cfg.target_epsilon,
+            "max_grad_norm": cfg.max_grad_norm,
+            "delta": cfg.delta,
+            "accountant": cfg.accountant,
+            "epsilon_budget": cfg.epsilon_budget,
+        }
+    if plan.he is not None:
+        settings["he"] = {
+            "key_path": plan.he.client_key_path,
+            "passphrase_file": plan.he.passphrase_file,
+            "fingerprint": plan.he.fingerprint,
+        }
+    return settings
 
 
 def initial_model(plan: ServerPlan) -> torch.nn.Module:
@@ -69,6 +103,8 @@ class CentralEvaluator:
 def _round_end_hook(strategy: FedsimFedAvg, evaluator: CentralEvaluator | None,
                     listener: RoundListener):
     def hook(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if strategy.stop_reason is not None and strategy.stats.clients_sampled == 0:
+            return None  # the run has ended early; nothing happened this round
         record: dict = {"round": server_round}
         metrics: dict = {}
         if evaluator is not None:
@@ -79,11 +115,42 @@ def _round_end_hook(strategy: FedsimFedAvg, evaluator: CentralEvaluator | None,
             listener.on_round(record | {"initial": True})
         else:
             record.update(strategy.stats.to_dict())
+            record.update(strategy.round_extras())
             record["round_time_s"] = time.monotonic() - strategy.stats.started
             listener.on_round(record)
         return MetricRecord(metrics) if metrics else None
 
     return hook
+
+
+def make_codec(plan: ServerPlan):
+    """Plaintext, or CKKS with the public context only (never a secret key)."""
+    if plan.he is None:
+        return PlainCodec()
+    from fedsim.privacy.he import expected_vector_count
+    from fedsim.privacy.keys import load_server_context
+    from fedsim.server.he_codec import HECodec
+
+    context, params = load_server_context(plan.he.server_context_path,
+                                          expect_fingerprint=plan.he.fingerprint)
+    n_params = sum(p.numel() for p in build_model(plan.model).state_dict().values())
+    return HECodec(public_context=context, fingerprint=plan.he.fingerprint,
+                   expected_count=expected_vector_count(n_params, params))
+
+
+def make_strategy(plan: ServerPlan, federation) -> FedsimFedAvg:
+    """FedAvg, with the DP ledger when DP is on, and the chosen payload codec."""
+    cfg = plan.config
+    common = {"federation": federation, "fraction": cfg.fraction,
+              "fraction_evaluate": cfg.fraction, "codec": make_codec(plan)}
+    if not cfg.dp:
+        return FedsimFedAvg(**common)
+    from fedsim.privacy.ledger import PrivacyLedger
+    from fedsim.server.strategies.dp_fedavg import DPFedAvg
+
+    return DPFedAvg(ledger=PrivacyLedger(plan.ledger_path), accountant=cfg.accountant,
+                    delta=cfg.delta, budget=cfg.epsilon_budget,
+                    min_clients=cfg.min_clients, **common)
 
 
 def run_server(grid: Grid, plan: ServerPlan, listener: RoundListener) -> None:
@@ -92,9 +159,10 @@ def run_server(grid: Grid, plan: ServerPlan, listener: RoundListener) -> None:
     federation = discover(grid, expected=cfg.clients, seed=cfg.seed,
                           timeout=plan.handshake_timeout)
     listener.on_start({"clients": len(federation.nodes)})
-    strategy = FedsimFedAvg(federation=federation, fraction=cfg.fraction,
-                            fraction_evaluate=cfg.fraction)
-    evaluator = CentralEvaluator(plan) if plan.central_eval and plan.data_dir else None
+    strategy = make_strategy(plan, federation)
+    readable = strategy.codec.readable
+    evaluator = (CentralEvaluator(plan)
+                 if plan.central_eval and plan.data_dir and readable else None)
     config = ConfigRecord({protocol.SETTINGS: protocol.encode_settings(client_settings(plan))})
     if plan.data_dir:
         config[protocol.DATA_DIR] = plan.data_dir
@@ -109,7 +177,8 @@ def run_server(grid: Grid, plan: ServerPlan, listener: RoundListener) -> None:
         evaluate_fn=_round_end_hook(strategy, evaluator, listener),
     )
     final = result.arrays if result.arrays is not None and len(result.arrays) else initial
-    listener.on_finish(final.to_torch_state_dict())
+    listener.on_finish(final, {"stop_reason": strategy.stop_reason,
+                               "encrypted": is_encrypted(final)})
 
 
 def build_server_app(plan: ServerPlan, listener: RoundListener) -> ServerApp:

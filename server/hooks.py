@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Protocol
 
-import torch
+from flwr.app import ArrayRecord
 
 
 class RoundListener(Protocol):
@@ -17,8 +16,13 @@ class RoundListener(Protocol):
     def on_round(self, record: dict) -> None:
         """Called at the end of every round with that round's metrics."""
 
-    def on_finish(self, state_dict: OrderedDict[str, torch.Tensor] | None) -> None:
-        """Called after the last round with the final global model (if readable)."""
+    def on_finish(self, final: ArrayRecord, info: dict) -> None:
+        """Called after the last round with the final global state.
+
+        `info["encrypted"]` says whether `final` holds ciphertexts (HE runs: the
+        server never sees the model); `info["stop_reason"]` is set when the run
+        ended early.
+        """
 
 
 class Listeners:
@@ -37,7 +41,7 @@ class Listeners:
         for listener in self.listeners:
             listener.on_round(record)
 
-    def on_finish(self, state_dict) -> None:
+    def on_finish(self, final: ArrayRecord, info: dict) -> None:
         """Forward to every listener."""
         for listener in self.listeners:
-            listener.on_finish(state_dict)
+            listener.on_finish(final, info)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -10,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -73,13 +75,19 @@ class RunRecorder:
         text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in self.rows)
         atomic_write_bytes(self.run_dir / "metrics.jsonl", text.encode())
 
-    def on_finish(self, state_dict) -> None:
-        """Save the final global model."""
-        if state_dict is not None:
-            path = self.run_dir / "model.pt"
-            tmp = path.with_suffix(".pt.tmp")
-            torch.save(state_dict, tmp)
-            os.replace(tmp, path)
+    def on_finish(self, final, info: dict) -> None:
+        """Save the final global state: model.pt, or the encrypted sum under HE."""
+        if info.get("encrypted"):
+            arrays = {k: final[k].numpy() for k in final.keys()}
+            buffer = io.BytesIO()
+            np.savez(buffer, **arrays)
+            atomic_write_bytes(self.run_dir / "model_encrypted.npz", buffer.getvalue())
+        else:
+            buffer = io.BytesIO()
+            torch.save(final.to_torch_state_dict(), buffer)
+            atomic_write_bytes(self.run_dir / "model.pt", buffer.getvalue())
+        self.info["stop_reason"] = info.get("stop_reason")
+        self.info["model_encrypted"] = bool(info.get("encrypted"))
         self.finished = True
 
     def summary(self, extra: dict | None = None) -> dict:
@@ -87,7 +95,9 @@ class RunRecorder:
         wall = time.monotonic() - self.started
         updates = sum(r.get("clients_replied", 0) for r in self.rows)
         last = self.rows[-1] if self.rows else {}
-        best = max((r.get("central_accuracy") or 0.0 for r in self.rows), default=None)
+        central = [r["central_accuracy"] for r in self.rows
+                   if r.get("central_accuracy") is not None]
+        best = max(central, default=None)
         return {
             "finished": self.finished,
             "rounds_completed": len(self.rows),

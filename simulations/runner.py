@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedsim.config import RunConfig
 from fedsim.errors import ConfigError
-from fedsim.server.app import ServerPlan, build_server_app
+from fedsim.server.app import HEPlan, ServerPlan, build_server_app
 from fedsim.server.hooks import Listeners, RoundListener
 from fedsim.simulations.prepare import Prepared, prepare
 from fedsim.simulations.rundir import RunRecorder, atomic_write_json, fresh_run_dir
@@ -75,14 +76,40 @@ class PreparedRun:
     config: RunConfig
     run_dir: Path
     prepared: Prepared
+    he: HEPlan | None = None
+
+
+def provision_simulation_keys(cfg: RunConfig, run_dir: Path) -> HEPlan:
+    """A fresh HE key set inside the run folder, provisioned as `fedsim keys init` does.
+
+    In simulation every client runs on this machine, so the client key file's
+    passphrase is a random one kept in a 0600 file beside it; the server side is
+    only ever given the public context.
+    """
+    from fedsim.privacy.he import PARAMETER_SETS
+    from fedsim.privacy.keys import provision
+
+    folder = run_dir / "he"
+    folder.mkdir(parents=True, exist_ok=True)
+    passphrase = secrets.token_urlsafe(32)
+    pass_file = folder / "passphrase"
+    fd = os.open(pass_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(passphrase)
+    keys = provision(folder, params=PARAMETER_SETS[cfg.he_params], passphrase=passphrase)
+    return HEPlan(server_context_path=str(keys.server_context_path),
+                  fingerprint=keys.fingerprint,
+                  client_key_path=str(keys.client_key_path),
+                  passphrase_file=str(pass_file))
 
 
 def start_run(cfg: RunConfig) -> PreparedRun:
     """Check the config against the data, make the run folder, write config and data."""
     client_resources(cfg)  # fail early on an impossible device request
     run_dir, prepared = prepare(cfg, lambda: fresh_run_dir(cfg.out))
+    he = provision_simulation_keys(cfg, run_dir) if cfg.secure_agg == "he" else None
     atomic_write_json(run_dir / "config.json", cfg.to_dict() | {"out": str(run_dir)})
-    return PreparedRun(config=cfg, run_dir=run_dir, prepared=prepared)
+    return PreparedRun(config=cfg, run_dir=run_dir, prepared=prepared, he=he)
 
 
 def simulate(cfg: RunConfig, *, listener: RoundListener | None = None,
@@ -102,7 +129,11 @@ def simulate(cfg: RunConfig, *, listener: RoundListener | None = None,
     run_dir, prepared = started.run_dir, started.prepared
     recorder = RunRecorder(run_dir)
     listeners = Listeners(recorder, *( [listener] if listener else [] ))
-    plan = ServerPlan(config=cfg, model=prepared.model, data_dir=str(prepared.data_dir.resolve()))
+    plan = ServerPlan(
+        config=cfg, model=prepared.model, data_dir=str(prepared.data_dir.resolve()),
+        ledger_path=str(run_dir / "privacy" / "ledger.jsonl") if cfg.dp else None,
+        he=started.he,
+    )
     run_simulation(
         server_app=build_server_app(plan, listeners),
         client_app=client_app,

@@ -26,9 +26,10 @@ def _root() -> None:
 
 
 def _register() -> None:
-    from fedsim.cli import run
+    from fedsim.cli import keys, run
 
     app.command("run", help=run.__doc__)(run.run)
+    app.add_typer(keys.app, name="keys")
 
 
 _register()

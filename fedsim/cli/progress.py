@@ -57,8 +57,10 @@ class ProgressListener:
                   "replied")
         self.progress.update(self.task, completed=record["round"], status=status)
 
-    def on_finish(self, state_dict) -> None:
-        """Nothing to do: the summary table follows."""
+    def on_finish(self, final, info: dict) -> None:
+        """Say why the run ended early, if it did."""
+        if info.get("stop_reason"):
+            self.progress.update(self.task, status=f"[yellow]{info['stop_reason']}")
 
 
 def summary_table(summary: dict, run_dir: str) -> Table:

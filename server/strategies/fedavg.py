@@ -12,14 +12,15 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedsim import protocol
-from fedsim.server.aggregate import Accumulator, weighted, weighted_average
+from fedsim.server.aggregate import Accumulator
+from fedsim.server.codecs import Codec, PlainCodec, Rejected
 from fedsim.server.federation import Federation
-from fedsim.server.replies import Verdict, check_metrics, check_train_reply
+from fedsim.server.replies import Verdict, check_metrics
 
 log = logging.getLogger("fedsim.server")
 
@@ -59,7 +60,7 @@ class FedsimFedAvg(FedAvg):
     """FedAvg that samples by client id with a seeded RNG and rejects bad replies."""
 
     def __init__(self, *, federation: Federation, fraction: float,
-                 fraction_evaluate: float) -> None:
+                 fraction_evaluate: float, codec: Codec | None = None) -> None:
         super().__init__(
             fraction_train=fraction,
             fraction_evaluate=fraction_evaluate,
@@ -71,6 +72,8 @@ class FedsimFedAvg(FedAvg):
             configrecord_key=protocol.CONFIG,
         )
         self.federation = federation
+        self.codec: Codec = codec or PlainCodec()
+        self.stop_reason: str | None = None
         self.stats = RoundStats(round=0, started=time.monotonic())
         self._global: ArrayRecord | None = None
 
@@ -78,6 +81,10 @@ class FedsimFedAvg(FedAvg):
     def eligible_clients(self, server_round: int) -> list[int] | None:
         """Clients that may be sampled this round (None: all)."""
         return None
+
+    def round_extras(self) -> dict:
+        """Extra per-round metrics a subclass adds to metrics.jsonl."""
+        return {}
 
     def _messages(self, record: RecordDict, client_ids: list[int], kind: str) -> list[Message]:
         nodes = [self.federation.nodes[c] for c in client_ids]
@@ -101,6 +108,8 @@ class FedsimFedAvg(FedAvg):
         """Sample clients (seeded, by client id) and send them the global model."""
         self.stats = RoundStats(round=server_round, started=time.monotonic())
         self._global = arrays
+        if self.stop_reason is not None:
+            return []
         ids = self.federation.sample(
             server_round, self.fraction_train, stream=0,
             eligible=self.eligible_clients(server_round),
@@ -112,45 +121,54 @@ class FedsimFedAvg(FedAvg):
         return self._messages(record, ids, MessageType.TRAIN)
 
     def accept_train_replies(self, replies: Iterable[Message]) -> list[tuple[int, Message]]:
-        """Check every reply; return the good ones as (client id, message) by id."""
+        """Check every reply's metrics; return the usable ones sorted by client id."""
         accepted: list[tuple[int, Message]] = []
         for msg in replies:
             self.stats.bytes_received += reply_bytes(msg)
-            verdict = check_train_reply(msg, self._global)
+            verdict = check_metrics(msg)
             if not verdict.ok:
                 self._note(verdict, msg, "train")
                 continue
             accepted.append((verdict.client_id, msg))
         accepted.sort(key=lambda item: item[0])
-        self.stats.clients_replied = len(accepted)
+        return accepted
+
+    def before_aggregation(self, server_round: int,
+                           accepted: list[tuple[int, Message]]) -> list[tuple[int, Message]]:
+        """Hook run on the checked replies before any enters the sum."""
         return accepted
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Weighted average of the accepted updates, summed in client-id order."""
-        accepted = self.accept_train_replies(replies)
-        if not accepted:
+        """Sum the accepted contributions in client-id order, then let the codec finish."""
+        accepted = self.before_aggregation(server_round, self.accept_train_replies(replies))
+        acc, loss_sum = Accumulator(), 0.0
+        for cid, msg in accepted:
+            metrics = msg.content[protocol.METRICS]
+            weight = float(metrics[protocol.NUM_EXAMPLES])
+            try:
+                contribution = self.codec.contribution(msg, self._global, weight)
+            except Rejected as err:
+                self._note(Verdict(ok=False, kind="rejected", reason=str(err),
+                                   client_id=cid), msg, "train")
+                continue
+            acc.add(contribution, weight)
+            loss_sum += float(metrics.get(protocol.TRAIN_LOSS, 0.0)) * weight
+        self.stats.clients_replied = acc.count
+        if acc.count == 0:
             log.warning("round %d: no usable update; the global model is unchanged",
                         server_round)
             return None, None
-        keys = list(self._global.keys())
-        acc, loss_sum = Accumulator(), 0.0
-        for _, msg in accepted:
-            metrics = msg.content[protocol.METRICS]
-            weight = float(metrics[protocol.NUM_EXAMPLES])
-            arrays = [msg.content[protocol.ARRAYS][k].numpy() for k in keys]
-            acc.add(weighted(arrays, weight), weight)
-            loss_sum += float(metrics.get(protocol.TRAIN_LOSS, 0.0)) * weight
-        dtypes = [self._global[k].numpy().dtype for k in keys]
-        averaged = weighted_average(acc, dtypes)
         self.stats.train_loss = loss_sum / acc.weight
-        new = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in zip(keys, averaged, strict=True)})
+        new = self.codec.finish(acc, self._global)
         return new, MetricRecord({protocol.TRAIN_LOSS: self.stats.train_loss})
 
     # -- federated evaluation -------------------------------------------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord,
                            config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Sample clients (an independent seeded stream) to evaluate the model."""
+        if self.stop_reason is not None:
+            return []
         ids = self.federation.sample(server_round, self.fraction_evaluate, stream=1)
         config[protocol.ROUND] = server_round
         record = RecordDict({protocol.ARRAYS: arrays, protocol.CONFIG: config})

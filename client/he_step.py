@@ -1,0 +1,66 @@
+"""The client's HE steps: decrypt the encrypted global sum, encrypt the weighted update.
+
+The secret context is read from the provisioned, passphrase-protected key file and
+cached per process; its fingerprint must match the one the server announces.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord
+
+from fedsim import protocol
+from fedsim.protocol import ciphertext_blobs, encrypted_record, is_encrypted
+from fedsim.privacy.he import decrypt_average, encrypt_update
+from fedsim.privacy.keys import load_client_context
+
+PASSPHRASE_ENV = "FEDSIM_HE_PASSPHRASE"
+
+
+def _passphrase(passphrase_file: str | None) -> str:
+    if os.environ.get(PASSPHRASE_ENV):
+        return os.environ[PASSPHRASE_ENV]
+    if passphrase_file:
+        return Path(passphrase_file).read_text(encoding="utf-8").strip()
+    raise RuntimeError(f"HE is on but {PASSPHRASE_ENV} is not set on this client")
+
+
+@functools.lru_cache(maxsize=4)
+def secret_context(key_path: str, passphrase_file: str | None, fingerprint: str):
+    """The client's secret TenSEAL context, checked against the run's fingerprint."""
+    return load_client_context(key_path, _passphrase(passphrase_file),
+                               expect_fingerprint=fingerprint)
+
+
+def context_for(he: dict, node_config) -> object:
+    """Resolve the key file (a site's node config wins over the run's default)."""
+    key_path = str(node_config.get("he-key", he["key_path"]))
+    return secret_context(key_path, he.get("passphrase_file"), he["fingerprint"])
+
+
+def global_state(record: ArrayRecord, model: torch.nn.Module, ctx) -> OrderedDict:
+    """The plaintext global state: as sent, or decrypted and divided by the weight."""
+    if not is_encrypted(record):
+        return record.to_torch_state_dict()
+    reference = model.state_dict()
+    total = float(record[protocol.HE_TOTAL_WEIGHT].numpy()[0])
+    arrays = decrypt_average(ctx, ciphertext_blobs(record),
+                             shapes=[tuple(t.shape) for t in reference.values()],
+                             total_weight=total)
+    return OrderedDict((k, torch.from_numpy(np.asarray(a, dtype=np.float32)))
+                       for k, a in zip(reference.keys(), arrays, strict=True))
+
+
+def encrypted_reply(model: torch.nn.Module, weight: float, ctx, fingerprint: str
+                    ) -> tuple[ArrayRecord, ConfigRecord]:
+    """The weighted update as ciphertexts, and the fingerprint they were made under."""
+    arrays = [t.detach().cpu().numpy() for t in model.state_dict().values()]
+    blobs = encrypt_update(ctx, arrays, weight)
+    return (encrypted_record(blobs, None),
+            ConfigRecord({protocol.HE_FINGERPRINT: fingerprint}))

@@ -1,0 +1,59 @@
+"""How updates travel: one aggregation path, two payload codecs.
+
+A codec turns a checked reply into a weighted contribution for the `Accumulator`
+and turns the accumulated sum into the next global state. The plaintext codec
+averages on the server; the HE codec (`server/he_codec.py`) adds ciphertexts and
+leaves the division to the clients, who alone can decrypt.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message
+
+from fedsim import protocol
+from fedsim.server.aggregate import Accumulator, weighted, weighted_average
+from fedsim.server.replies import check_train_reply
+
+
+class Rejected(Exception):
+    """A reply's payload cannot enter the sum; carries the reason."""
+
+
+class Codec(Protocol):
+    """What the FedAvg strategy needs from a payload format."""
+
+    name: str
+    readable: bool  # can the server read the global model (central evaluation)?
+
+    def contribution(self, msg: Message, global_arrays: ArrayRecord, weight: float) -> list:
+        """The reply's weighted contribution, or raise Rejected."""
+
+    def finish(self, acc: Accumulator, global_arrays: ArrayRecord) -> ArrayRecord:
+        """The next global state from the accumulated sum."""
+
+
+class PlainCodec:
+    """Plaintext FedAvg: the server sees each update and averages them."""
+
+    name = "plaintext"
+    readable = True
+
+    def contribution(self, msg: Message, global_arrays: ArrayRecord, weight: float) -> list:
+        """Check the layout and finiteness, then scale by the weight."""
+        verdict = check_train_reply(msg, global_arrays)
+        if not verdict.ok:
+            raise Rejected(verdict.reason)
+        arrays = msg.content[protocol.ARRAYS]
+        return weighted([arrays[k].numpy() for k in global_arrays.keys()], weight)
+
+    def finish(self, acc: Accumulator, global_arrays: ArrayRecord) -> ArrayRecord:
+        """Divide by the total weight, keeping each layer's dtype."""
+        keys = list(global_arrays.keys())
+        dtypes = [global_arrays[k].numpy().dtype for k in keys]
+        averaged = weighted_average(acc, dtypes)
+        return ArrayRecord(
+            {k: Array(np.ascontiguousarray(v)) for k, v in zip(keys, averaged, strict=True)}
+        )

@@ -1,0 +1,308 @@
+"""DP-SGD local training with Opacus: plain torch, no Flower types.
+
+`train_dp` is the private twin of `training.train_epochs`: Poisson-sampled batches
+(Opacus' DPDataLoader), per-example clipping to `max_grad_norm`, Gaussian noise of
+std `noise_multiplier * max_grad_norm` on the summed clipped gradient, plain SGD.
+It reports the steps really taken and the real sample rate, so an accountant fed
+``(noise_multiplier, sample_rate, steps)`` sees exactly what happened.
+
+Per-example gradients: "ghost" clipping is the default because it is the fastest
+exact mode on CPU for the registry's models (see benchmarks/bench_dp.py); models it
+cannot handle (a layer used twice in one forward pass) fall back to "hooks" with the
+same seed. Randomness (Poisson sampling and noise) comes from the caller's seeded
+generator, so a seed reproduces a run; that also means Opacus' secure RNG is off,
+which is right for research and simulation, not for a production deployment.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+import numpy as np
+import torch
+from opacus import PrivacyEngine
+from opacus.utils.module_utils import trainable_modules
+from opacus.validators import ModuleValidator
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedsim.errors import ConfigError
+
+GradSampleMode = Literal["ghost", "hooks"]
+"""Exact Opacus modes that survive empty Poisson batches ("functorch" and "ew" crash
+on a batch of zero examples, and skipping that noisy step would break the DP
+guarantee)."""
+GRAD_SAMPLE_MODES: tuple[str, ...] = get_args(GradSampleMode)
+
+log = logging.getLogger(__name__)
+
+_LAYER_LEFTOVERS = ("activations", "max_batch_len")
+"""Attributes Opacus' grad-sample hooks set on layers and do not remove."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DPTrainResult:
+    """What one private local training pass reports (all an accountant needs)."""
+
+    loss: float
+    num_examples: int
+    steps: int
+    sample_rate: float
+    grad_sample_mode: str = "ghost"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _first_sentence(text: str) -> str:
+    return _one_line(text).split(". ")[0].rstrip(".")
+
+
+def _suggested_fix(layer: nn.Module) -> str:
+    """Advise what Opacus' own fixer would turn `layer` into."""
+    fixed = ModuleValidator.fix(copy.deepcopy(layer))
+    if type(fixed) is not type(layer):
+        return (
+            f"replace it with {type(fixed).__name__} "
+            "(opacus.validators.ModuleValidator.fix(model) does this)"
+        )
+    if type(layer) in ModuleValidator.FIXERS:
+        return "opacus.validators.ModuleValidator.fix(model) reconfigures it"
+    return "Opacus has no automatic fix; change this layer of the model"
+
+
+def _layer_problems(model: nn.Module) -> list[str]:
+    problems = []
+    for name, layer in trainable_modules(model):
+        check = ModuleValidator.VALIDATORS.get(type(layer))
+        for err in check(layer) if check is not None else []:
+            problems.append(
+                f"layer '{name or '<root>'}' ({type(layer).__name__}) is not "
+                f"DP-compatible: {_first_sentence(str(err))}; {_suggested_fix(layer)}"
+            )
+    return problems
+
+
+def validate_model(model: nn.Module) -> None:
+    """Raise one ConfigError naming every layer Opacus cannot train privately.
+
+    Opacus' `ModuleValidator.validate(strict=False)` gives the verdict; each
+    problem is re-stated with the layer's name and the replacement Opacus' fixer
+    suggests (BatchNorm -> GroupNorm, LSTM -> DPLSTM, ...).
+    """
+    errors = ModuleValidator.validate(model, strict=False)
+    if not errors:
+        return
+    problems = [] if model.training else [
+        "the model is in eval mode; call model.train() before DP training"
+    ]
+    problems += _layer_problems(model)
+    if len(problems) < len(errors):  # a check Opacus runs that we cannot name
+        problems += [_one_line(str(err)) for err in errors[len(problems):]]
+    raise ConfigError(problems)
+
+
+def _check_args(
+    n: int, *, epochs: int, batch_size: int, lr: float, noise_multiplier: float,
+    max_grad_norm: float, grad_sample_mode: str,
+) -> list[str]:
+    problems = [] if n > 0 else ["the client has no training examples to train on"]
+    problems += [
+        f"{flag} must be > 0, got {value}"
+        for flag, value in (
+            ("--local-epochs", epochs), ("--batch-size", batch_size), ("--lr", lr),
+            ("--max-grad-norm", max_grad_norm),
+        )
+        if not value > 0
+    ]
+    if not noise_multiplier >= 0:
+        problems.append(f"--noise-multiplier must be >= 0, got {noise_multiplier}")
+    if grad_sample_mode not in GRAD_SAMPLE_MODES:
+        problems.append(
+            f"grad_sample_mode must be one of {', '.join(GRAD_SAMPLE_MODES)}, "
+            f"got {grad_sample_mode!r}"
+        )
+    return problems
+
+
+def _noise_generator(
+    generator: torch.Generator, device: torch.device
+) -> torch.Generator:
+    """Return the caller's generator on CPU, on a GPU a device one seeded from it."""
+    if device.type == "cpu":
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+class PrivateTraining:
+    """Opacus' private module, optimizer, criterion and Poisson loader for one pass.
+
+    The caller's `model` is trained in place; `close()` (or leaving the `with`
+    block) removes every Opacus hook and attribute, so the model keeps its own
+    state_dict keys and can be made private again next round.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        dataset: TensorDataset,
+        *,
+        batch_size: int,
+        lr: float,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        device: torch.device,
+        generator: torch.Generator,
+        grad_sample_mode: GradSampleMode = "ghost",
+    ) -> None:
+        self.model = model
+        self.device = device
+        self.grad_sample_mode = grad_sample_mode
+        criterion = nn.CrossEntropyLoss()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Secure RNG turned off")
+            self.engine = PrivacyEngine(accountant="rdp")
+        parts = self.engine.make_private(
+            module=model,
+            optimizer=torch.optim.SGD(model.parameters(), lr=lr),
+            criterion=criterion,
+            data_loader=DataLoader(dataset, batch_size=batch_size, generator=generator),
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            poisson_sampling=True,
+            noise_generator=_noise_generator(generator, device),
+            grad_sample_mode=grad_sample_mode,
+        )
+        if grad_sample_mode == "ghost":
+            self.module, self.optimizer, self.criterion, self.loader = parts
+        else:
+            self.module, self.optimizer, self.loader = parts
+            self.criterion = criterion
+
+    def step(self, xb: torch.Tensor, yb: torch.Tensor) -> float | None:
+        """One DP-SGD step on a batch; its mean loss (None for an empty batch)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.criterion(self.module(xb.to(self.device)), yb.to(self.device))
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach()) if len(yb) else None
+
+    @property
+    def steps(self) -> int:
+        """Noisy steps taken so far, as Opacus' own accountant recorded them."""
+        return sum(int(n) for _, _, n in self.engine.accountant.history)
+
+    @property
+    def sample_rate(self) -> float:
+        """The Poisson sample rate the loader really uses."""
+        return float(self.loader.sample_rate)
+
+    def close(self) -> None:
+        """Detach Opacus from the model (hooks, per-sample attributes, gradients).
+
+        Besides Opacus' own cleanup this drops what its hooks leave on layers
+        (captured activations), which a pass that failed mid-batch leaves non-empty.
+        """
+        self.module.cleanup()
+        for p in self.model.parameters():
+            p.grad = None
+            if hasattr(p, "summed_grad"):
+                del p.summed_grad
+        for layer in self.model.modules():
+            for attr in _LAYER_LEFTOVERS:
+                if hasattr(layer, attr):
+                    delattr(layer, attr)
+
+    def __enter__(self) -> PrivateTraining:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _dataset(x: np.ndarray, y: np.ndarray) -> TensorDataset:
+    features = torch.as_tensor(np.asarray(x))
+    labels = torch.as_tensor(np.asarray(y)).long()
+    return TensorDataset(features, labels)
+
+
+def _run(private: PrivateTraining, epochs: int, n: int) -> DPTrainResult:
+    total, count = 0.0, 0
+    with warnings.catch_warnings():
+        # torch notes on every backward that the input needs no gradient: expected.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        for _ in range(epochs):
+            for xb, yb in private.loader:
+                loss = private.step(xb, yb)
+                if loss is not None:
+                    total += loss * len(yb)
+                    count += len(yb)
+    return DPTrainResult(
+        loss=total / max(count, 1),
+        num_examples=n,
+        steps=private.steps,
+        sample_rate=private.sample_rate,
+        grad_sample_mode=private.grad_sample_mode,
+    )
+
+
+def _train(
+    model: nn.Module,
+    dataset: TensorDataset,
+    epochs: int,
+    mode: GradSampleMode,
+    settings: dict[str, Any],
+) -> DPTrainResult:
+    with PrivateTraining(model, dataset, grad_sample_mode=mode, **settings) as private:
+        return _run(private, epochs, len(dataset))
+
+
+def train_dp(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    device: torch.device,
+    generator: torch.Generator,
+    grad_sample_mode: GradSampleMode = "ghost",
+) -> DPTrainResult:
+    """DP-SGD over (x, y) for `epochs` Poisson epochs; `model` is trained in place.
+
+    `noise_multiplier` 0 clips without noise (no privacy; for tests). Raises a
+    ConfigError for bad arguments or a model Opacus cannot train privately.
+    """
+    problems = _check_args(
+        len(y), epochs=epochs, batch_size=batch_size, lr=lr,
+        noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+        grad_sample_mode=grad_sample_mode,
+    )
+    if problems:
+        raise ConfigError(problems)
+    model.to(device).train()
+    validate_model(model)
+    dataset = _dataset(x, y)
+    settings = dict(
+        batch_size=batch_size, lr=lr, noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm, device=device, generator=generator,
+    )
+    if grad_sample_mode != "ghost":
+        return _train(model, dataset, epochs, grad_sample_mode, settings)
+    weights, rng_state = copy.deepcopy(model.state_dict()), generator.get_state()
+    try:
+        return _train(model, dataset, epochs, "ghost", settings)
+    except NotImplementedError as err:  # e.g. a layer used twice per forward pass
+        log.info("ghost clipping cannot train this model (%s); using hooks", err)
+        model.load_state_dict(weights)
+        generator.set_state(rng_state)
+        return _train(model, dataset, epochs, "hooks", settings)

@@ -1,0 +1,213 @@
+"""The durable privacy ledger: one JSON line per client participation.
+
+A run folder keeps it at ``privacy/ledger.jsonl``. The server appends a client's
+record *before* it uses that client's update, and `append` returns only once the
+line is on disk (file flushed and fsynced, and on creation the directory too), so
+after any crash the ledger holds every participation whose update could have been
+used. ``released: true`` means the client's noised update left the client (the
+server recorded it before checking or summing it). A client that refuses a round
+because it would pass its epsilon budget gets a zero-step marker (``steps: 0``,
+``released: false``, its unchanged epsilon): nothing was spent.
+
+Only newline-terminated lines count. A crash mid-append can leave a torn final
+line: readers ignore it (and count it in `torn_lines`), and the next append cuts it
+off first. A damaged line anywhere else is an error: the ledger is then not to be
+trusted. One process writes a ledger at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from fedsim.errors import FedsimError
+
+Step = tuple[float, float, int]
+"""An accountant history entry, as in `fedsim.privacy.accounting` (which needs
+torch and Opacus; the ledger stays importable without them)."""
+
+LEDGER_NAME = "ledger.jsonl"
+
+
+class LedgerError(FedsimError):
+    """The privacy ledger is damaged and cannot be trusted."""
+
+    exit_code = 2
+
+
+def ledger_path(run_dir: str | Path) -> Path:
+    """Where a run folder keeps its privacy ledger."""
+    return Path(run_dir) / "privacy" / LEDGER_NAME
+
+
+_NUMBER = (int, float)
+_FIELD_KINDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "round": ((int,), "an integer"),
+    "client_id": ((int,), "an integer"),
+    "noise_multiplier": (_NUMBER, "a number"),
+    "sample_rate": (_NUMBER, "a number"),
+    "steps": ((int,), "an integer"),
+    "delta": (_NUMBER, "a number"),
+    "accountant": ((str,), "a string"),
+    "epsilon": (_NUMBER, "a number"),
+    "budget": ((*_NUMBER, type(None)), "a number or null"),
+    "released": ((bool,), "true or false"),
+}
+_FLOATS = ("noise_multiplier", "sample_rate", "delta", "epsilon", "budget")
+
+
+def _field_problem(name: str, data: dict[str, Any]) -> str | None:
+    kinds, expected = _FIELD_KINDS[name]
+    if name not in data:
+        return f"field '{name}' is missing"
+    value = data[name]
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        return f"field '{name}' must be {expected}, got {value!r}"
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LedgerRecord:
+    """One client participation: the DP-SGD it ran and the epsilon it reached."""
+
+    round: int
+    client_id: int
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    delta: float
+    accountant: str
+    epsilon: float
+    """Cumulative epsilon of this client after this participation."""
+    budget: float | None
+    released: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values, one key per field."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LedgerRecord:
+        """Inverse of `to_dict`; a missing or mistyped field raises LedgerError."""
+        if not isinstance(data, dict):
+            raise LedgerError(f"a record must be a JSON object, got {data!r}")
+        problems = [p for name in _FIELD_KINDS if (p := _field_problem(name, data))]
+        if problems:
+            raise LedgerError("; ".join(problems))
+        values = {f.name: data[f.name] for f in fields(cls)}
+        for name in _FLOATS:
+            values[name] = None if values[name] is None else float(values[name])
+        return cls(**values)
+
+    @property
+    def step(self) -> Step:
+        """Return the participation as an accountant history entry."""
+        return (self.noise_multiplier, self.sample_rate, self.steps)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_parent(path: Path) -> None:
+    """Create the ledger's folder (durably) if it is missing."""
+    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    if not missing:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for folder in reversed(missing):  # each new folder's entry lives in its parent
+        _fsync_dir(folder.parent)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _cut_torn_tail(fd: int) -> None:
+    """Drop bytes after the last newline (an append that never returned)."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    keep = size
+    while keep > 0:
+        start = max(0, keep - 4096)
+        chunk = os.pread(fd, keep - start, start)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            keep = start + newline + 1
+            break
+        keep = start
+    os.ftruncate(fd, keep)
+
+
+class PrivacyLedger:
+    """Append-only JSON-lines ledger of DP participations at `path`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.torn_lines = 0
+        """Torn final lines the last read ignored (0 or 1)."""
+
+    def append(self, record: LedgerRecord) -> None:
+        """Write one record durably; returns once it is on disk."""
+        self.extend([record])
+
+    def extend(self, records: list[LedgerRecord]) -> None:
+        """Write several records durably in one fsync; returns once on disk."""
+        payload = b"".join(
+            json.dumps(r.to_dict(), sort_keys=True).encode() + b"\n" for r in records
+        )
+        if not payload:
+            return
+        _make_parent(self.path)
+        created = not self.path.exists()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            _cut_torn_tail(fd)
+            _write_all(fd, payload)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if created:
+            _fsync_dir(self.path.parent)
+
+    def records(self) -> list[LedgerRecord]:
+        """Every complete record, oldest first; sets `torn_lines`."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            self.torn_lines = 0
+            return []
+        lines = data.split(b"\n")
+        self.torn_lines = 1 if lines[-1] else 0
+        return [self._parse(number, line) for number, line in enumerate(lines[:-1], 1)]
+
+    def _parse(self, number: int, line: bytes) -> LedgerRecord:
+        try:
+            return LedgerRecord.from_dict(json.loads(line))
+        except (ValueError, TypeError, AttributeError, LedgerError) as err:
+            raise LedgerError(
+                f"privacy ledger {self.path} line {number} is damaged ({err}); "
+                "its epsilons cannot be trusted: restore the run folder from a copy"
+            ) from err
+
+    def history(self, client_id: int) -> list[Step]:
+        """Return the client's accountant history, one entry per participation."""
+        return [r.step for r in self.records() if r.client_id == client_id]
+
+    def latest_epsilon(self) -> dict[int, float]:
+        """Each client's cumulative epsilon after its latest participation."""
+        return {r.client_id: r.epsilon for r in self.records()}
+
+    def last_round(self) -> int:
+        """Return the highest round recorded (0 for an empty ledger)."""
+        return max((r.round for r in self.records()), default=0)

@@ -17,6 +17,14 @@ from fedsim.errors import ConfigError
 
 Partition = Literal["iid", "dirichlet", "shards"]
 Device = Literal["auto", "cpu", "cuda"]
+AccountantKind = Literal["rdp", "prv", "gdp"]
+SecureAgg = Literal["none", "he"]
+HEParamSet = Literal["default", "compact"]
+_LITERALS = {"Partition": Partition, "Device": Device, "AccountantKind": AccountantKind,
+             "SecureAgg": SecureAgg, "HEParamSet": HEParamSet}
+
+
+DEFAULT_NOISE_MULTIPLIER = 1.0  # --dp without --noise-multiplier or --target-epsilon
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +49,19 @@ class RunConfig:
     cpus_per_client: float = 1.0
     gpus_per_client: float = 0.0
     round_timeout: float = 600.0
+    min_clients: int = 1
+    max_len: int = 64
+    # sample-level differential privacy (Opacus DP-SGD on every client)
+    dp: bool = False
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    max_grad_norm: float = 1.0
+    delta: float | None = None
+    accountant: AccountantKind = "rdp"
+    epsilon_budget: float | None = None
+    # secure aggregation
+    secure_agg: SecureAgg = "none"
+    he_params: HEParamSet = "default"
     out: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -67,17 +88,21 @@ def _coerce(key: str, value: Any, problems: list[str]) -> Any:
     name = flag_name(key)
     if value is None:
         return None
+    if kind == "bool":
+        if not isinstance(value, bool):
+            problems.append(f"{name} must be true or false, got {value!r}")
+        return value
     if kind in ("int",):
         if isinstance(value, bool) or not isinstance(value, int):
             problems.append(f"{name} must be an integer, got {value!r}")
         return value
-    if kind in ("float",):
+    if kind in ("float", "float | None"):
         if isinstance(value, bool) or not isinstance(value, int | float):
             problems.append(f"{name} must be a number, got {value!r}")
             return value
         return float(value)
-    if kind in ("Partition", "Device"):
-        allowed = get_args(Partition if kind == "Partition" else Device)
+    if kind in _LITERALS:
+        allowed = get_args(_LITERALS[kind])
         if value not in allowed:
             problems.append(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         return value
@@ -93,7 +118,7 @@ def _check_ranges(cfg: dict[str, Any], problems: list[str]) -> None:
             problems.append(f"{flag_name(key)} must be > 0, got {value}")
 
     for key in ("clients", "rounds", "local_epochs", "batch_size", "lr", "alpha",
-                "shards_per_client", "round_timeout"):
+                "shards_per_client", "round_timeout", "min_clients", "max_len"):
         positive(key)
     fraction = cfg["fraction"]
     if isinstance(fraction, float) and not 0.0 < fraction <= 1.0:
@@ -105,6 +130,19 @@ def _check_ranges(cfg: dict[str, Any], problems: list[str]) -> None:
         problems.append(f"cpus-per-client must be > 0, got {cfg['cpus_per_client']}")
     if isinstance(cfg["gpus_per_client"], float) and cfg["gpus_per_client"] < 0:
         problems.append(f"gpus-per-client must be >= 0, got {cfg['gpus_per_client']}")
+
+
+def _check_privacy(cfg: dict[str, Any], problems: list[str]) -> None:
+    from fedsim.privacy.accounting import check_dp_params
+
+    dp_only = ("noise_multiplier", "target_epsilon", "delta", "epsilon_budget")
+    if not cfg["dp"]:
+        problems.extend(f"--{flag_name(k)} needs --dp" for k in dp_only
+                        if cfg[k] is not None)
+        return
+    numeric = {k: cfg[k] for k in (*dp_only, "max_grad_norm")
+               if isinstance(cfg[k], int | float) or cfg[k] is None}
+    problems.extend(check_dp_params(**numeric))
 
 
 def _check_names(cfg: dict[str, Any], problems: list[str]) -> None:
@@ -134,8 +172,12 @@ def build_config(values: dict[str, Any]) -> RunConfig:
             continue
         normalized[key] = _coerce(key, value, problems)
     merged = {**RunConfig().to_dict(), **normalized}
+    if merged["dp"] is True and merged["noise_multiplier"] is None \
+            and merged["target_epsilon"] is None:
+        merged["noise_multiplier"] = DEFAULT_NOISE_MULTIPLIER
     _check_ranges(merged, problems)
     _check_names(merged, problems)
+    _check_privacy(merged, problems)
     if problems:
         raise ConfigError(problems)
     return RunConfig(**merged)

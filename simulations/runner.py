@@ -141,7 +141,10 @@ def simulate(cfg: RunConfig, *, listener: RoundListener | None = None,
         backend_config=backend_config(cfg, verbose=verbose),
         verbose_logging=verbose,
     )
-    summary = recorder.summary({"num_parameters": prepared.num_parameters,
-                                "model": cfg.model, "dataset": cfg.dataset})
+    extra = {"num_parameters": prepared.num_parameters, "model": cfg.model,
+             "dataset": cfg.dataset}
+    if started.he is not None:
+        extra["he_fingerprint"] = started.he.fingerprint
+    summary = recorder.summary(extra)
     atomic_write_json(run_dir / "summary.json", summary)
     return RunOutcome(run_dir=run_dir, summary=summary)

@@ -26,10 +26,12 @@ def _root() -> None:
 
 
 def _register() -> None:
-    from fedsim.cli import keys, run
+    from fedsim.cli import keys, privacy, report, run
 
     app.command("run", help=run.__doc__)(run.run)
+    app.command("report", help=report.report.__doc__)(report.report)
     app.add_typer(keys.app, name="keys")
+    app.add_typer(privacy.app, name="privacy")
 
 
 _register()

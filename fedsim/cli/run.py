@@ -11,6 +11,23 @@ from rich.console import Console
 from fedsim.config import resolve_config
 
 
+def _describe_privacy(console: Console, cfg, started) -> None:
+    if cfg.dp:
+        noise = (f"noise multiplier {cfg.noise_multiplier}" if cfg.noise_multiplier
+                 else f"noise calibrated per client to epsilon {cfg.target_epsilon}")
+        delta = (f"delta {cfg.delta}" if cfg.delta is not None
+                 else "delta min(1e-5, 0.1/n) per client (below 1/n for its n examples)")
+        budget = (f", budget epsilon {cfg.epsilon_budget}" if cfg.epsilon_budget else "")
+        console.print(f"DP-SGD on every client (sample-level): {noise}, clip "
+                      f"{cfg.max_grad_norm}, {delta}, {cfg.accountant} accountant{budget}; "
+                      "ledger: privacy/ledger.jsonl", highlight=False)
+    if started.he is not None:
+        console.print(f"Secure aggregation: CKKS ({cfg.he_params} parameters), key "
+                      f"fingerprint {started.he.fingerprint[:16]}; the server holds only "
+                      "the public context, so there is no central evaluation "
+                      "(federated evaluation only)", highlight=False)
+
+
 def run(
     clients: Annotated[int | None, typer.Option(help="Number of simulated clients. [default: 100]")] = None,
     rounds: Annotated[int | None, typer.Option(help="Federated rounds. [default: 30]")] = None,
@@ -29,6 +46,17 @@ def run(
     cpus_per_client: Annotated[float | None, typer.Option(help="Ray CPUs per client. [default: 1]")] = None,
     gpus_per_client: Annotated[float | None, typer.Option(help="Ray (fractional) GPUs per client; 0 with a GPU present means 0.2. [default: 0]")] = None,
     round_timeout: Annotated[float | None, typer.Option(help="Seconds to wait for replies each round. [default: 600]")] = None,
+    min_clients: Annotated[int | None, typer.Option(help="End the run when fewer clients than this can train (e.g. budgets exhausted). [default: 1]")] = None,
+    max_len: Annotated[int | None, typer.Option(help="Text models: tokens per example (pad/truncate). [default: 64]")] = None,
+    dp: Annotated[bool | None, typer.Option("--dp/--no-dp", help="Train every client with Opacus DP-SGD. This is SAMPLE-LEVEL DP per client: it protects each training example of a client against anyone who sees that client's updates or the model; it does not hide whether a client took part (that would be client-level DP).")] = None,
+    noise_multiplier: Annotated[float | None, typer.Option(help="DP-SGD noise multiplier (or give --target-epsilon). [default with --dp: 1.0]")] = None,
+    target_epsilon: Annotated[float | None, typer.Option(help="Calibrate the noise so each client ends near this epsilon after the rounds it is expected to join.")] = None,
+    max_grad_norm: Annotated[float | None, typer.Option(help="DP-SGD per-sample clipping norm. [default: 1.0]")] = None,
+    delta: Annotated[float | None, typer.Option(help="DP delta. [default: min(1e-5, 0.1/n) for a client with n examples, below 1/n]")] = None,
+    accountant: Annotated[str | None, typer.Option(help="Privacy accountant: rdp, prv or gdp. [default: rdp]")] = None,
+    epsilon_budget: Annotated[float | None, typer.Option(help="Per-client epsilon budget: a client refuses a round that would exceed it.")] = None,
+    secure_agg: Annotated[str | None, typer.Option(help="none, or he: clients send CKKS ciphertexts and the server sums what it cannot read. [default: none]")] = None,
+    he_params: Annotated[str | None, typer.Option(help="HE parameter set: default or compact. [default: default]")] = None,
     out: Annotated[str | None, typer.Option(help="Run folder. [default: runs/<timestamp>]")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML file with any of these options; flags override it.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower and Ray logs.")] = False,
@@ -41,6 +69,7 @@ def run(
 
     console = Console()
     started = start_run(cfg)
+    _describe_privacy(console, cfg, started)
     console.print(
         f"fedsim: {cfg.clients} clients on '{cfg.dataset}' ({cfg.partition}), model "
         f"'{cfg.model}' ({started.prepared.num_parameters:,} parameters), "
@@ -50,4 +79,9 @@ def run(
     with ProgressListener(console, cfg.rounds) as progress:
         outcome = simulate(cfg, listener=progress, verbose=verbose, started=started)
     console.print(summary_table(outcome.summary, str(outcome.run_dir)))
+    if outcome.summary.get("stop_reason"):
+        console.print(f"[yellow]stopped early:[/] {outcome.summary['stop_reason']}")
+    from fedsim.cli.report import write_report
+
+    write_report(outcome.run_dir)
     console.print(f"results: {outcome.run_dir}")

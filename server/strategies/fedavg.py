@@ -156,8 +156,9 @@ class FedsimFedAvg(FedAvg):
             loss_sum += float(metrics.get(protocol.TRAIN_LOSS, 0.0)) * weight
         self.stats.clients_replied = acc.count
         if acc.count == 0:
-            log.warning("round %d: no usable update; the global model is unchanged",
-                        server_round)
+            if self.stop_reason is None:
+                log.warning("round %d: no usable update; the global model is unchanged",
+                            server_round)
             return None, None
         self.stats.train_loss = loss_sum / acc.weight
         new = self.codec.finish(acc, self._global)

@@ -1,0 +1,122 @@
+"""DP end to end: real Opacus on every client of a real Ray simulation."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from opacus.accountants import RDPAccountant
+
+from fedsim.config import build_config
+from fedsim.privacy.accounting import default_delta, epsilon, would_exceed
+from fedsim.privacy.ledger import PrivacyLedger
+from fedsim.simulations.runner import simulate
+
+BUDGET = 2.7
+
+
+@pytest.fixture(scope="module")
+def dp_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dp") / "run"
+    cfg = build_config({
+        "clients": 4, "rounds": 8, "fraction": 0.5, "local_epochs": 1, "batch_size": 16,
+        "seed": 3, "dp": True, "noise_multiplier": 1.2, "epsilon_budget": BUDGET,
+        "out": str(out),
+    })
+    return simulate(cfg)
+
+
+def _rows(run_dir):
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _by_client(records):
+    out = {}
+    for r in records:
+        out.setdefault(r.client_id, []).append(r)
+    return out
+
+
+def test_ledger_epsilon_is_opacus_value_for_the_history(dp_run):
+    records = PrivacyLedger(dp_run.run_dir / "privacy" / "ledger.jsonl").records()
+    assert records, "a DP run must write ledger records"
+    for cid, recs in _by_client(records).items():
+        spent = [r for r in recs if r.steps > 0]
+        accountant = RDPAccountant()
+        for i, rec in enumerate(spent):
+            accountant.history.append((rec.noise_multiplier, rec.sample_rate, rec.steps))
+            assert rec.epsilon == pytest.approx(accountant.get_epsilon(rec.delta), rel=1e-9)
+            assert rec.delta == default_delta(json.loads(
+                (dp_run.run_dir / "partitions.json").read_text())["clients"][str(cid)]["train"])
+            if i:
+                assert rec.epsilon > spent[i - 1].epsilon, "epsilon must grow"
+
+
+def test_epsilon_unchanged_in_rounds_a_client_sat_out(dp_run):
+    records = PrivacyLedger(dp_run.run_dir / "privacy" / "ledger.jsonl").records()
+    rows = _rows(dp_run.run_dir)
+    trained = {(r.round, r.client_id) for r in records if r.steps > 0}
+    # eps_max per round equals the max over the latest record of each client so far
+    latest = {}
+    for row in rows:
+        for r in records:
+            if r.round == row["round"] and r.steps > 0:
+                latest[r.client_id] = r.epsilon
+        assert row["eps_max"] == pytest.approx(max(latest.values(), default=0.0))
+    sat_out = [(rnd, c) for rnd in range(1, len(rows) + 1) for c in range(4)
+               if (rnd, c) not in trained]
+    assert sat_out, "fraction 0.5 must leave clients out of some rounds"
+
+
+def test_budget_stops_a_client_exactly_when_next_round_would_exceed(dp_run):
+    records = PrivacyLedger(dp_run.run_dir / "privacy" / "ledger.jsonl").records()
+    for cid, recs in _by_client(records).items():
+        spent = [r for r in recs if r.steps > 0]
+        assert all(r.epsilon <= BUDGET for r in spent)
+        markers = [r for r in recs if r.steps == 0]
+        if not markers:
+            continue
+        history = [(r.noise_multiplier, r.sample_rate, r.steps) for r in spent]
+        last = spent[-1]
+        exceed, eps_next = would_exceed(history, (last.noise_multiplier, last.sample_rate,
+                                                  last.steps),
+                                        delta=last.delta, accountant="rdp", budget=BUDGET)
+        assert exceed and eps_next > BUDGET
+        assert markers[0].epsilon == last.epsilon
+        assert not markers[0].released
+    rows = _rows(dp_run.run_dir)
+    assert rows[-1]["exhausted_clients"] >= 1
+
+
+def test_killed_run_leaves_a_complete_ledger(tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "fedsim", "run", "--clients", "4", "--rounds", "30",
+           "--fraction", "0.5", "--local-epochs", "1", "--dp", "--noise-multiplier", "5",
+           "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the run did not reach round 3 in time")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    rows = _rows(out)
+    records = PrivacyLedger(out / "privacy" / "ledger.jsonl").records()
+    for row in rows:  # every aggregated update has its durable ledger record
+        in_round = [r for r in records if r.round == row["round"] and r.released]
+        assert len(in_round) >= row["clients_replied"]
+    for cid, recs in _by_client(records).items():
+        hist = [(r.noise_multiplier, r.sample_rate, r.steps) for r in recs]
+        assert recs[-1].epsilon == pytest.approx(
+            epsilon(hist, delta=recs[-1].delta, accountant="rdp"), rel=1e-9)
+    assert not (out / "summary.json").exists()

@@ -1,0 +1,155 @@
+"""The plain-language statement of what a run protects, from whom, and what not.
+
+Written for a privacy officer, not a cryptographer: one bullet per guarantee or
+gap, each naming what is protected and against whom, with this run's numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedsim.reports.load import HEInfo
+from fedsim.reports.privacy import ACCOUNTANT_NAMES
+from fedsim.reports.render import Block, Bullets, Paragraph
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrivacyFacts:
+    """The settings and ledger figures the statement quotes."""
+
+    dp: bool
+    he: HEInfo
+    epsilon_max: float | None
+    epsilon_median: float | None
+    clients_trained: int
+    clients_total: int | None
+    deltas: tuple[float, ...]
+    accountant: str | None
+    noise_multiplier: float | None
+    max_grad_norm: float | None
+    budget: float | None
+    exhausted: int
+    target_epsilon: float | None
+
+
+def _fmt(value: float | None, spec: str = ".3g") -> str:
+    return "unknown" if value is None else format(value, spec)
+
+
+def _value(prefix: str, value: float | None) -> str:
+    """`prefix` and the value, or nothing when the value is unknown."""
+    return "" if value is None else f"{prefix} {_fmt(value)}"
+
+
+def _delta_text(deltas: tuple[float, ...]) -> str:
+    """δ as one value, or its range when it differs between clients."""
+    if len(deltas) > 1:
+        return (f"δ from {_fmt(min(deltas))} to {_fmt(max(deltas))} "
+                "depending on the client")
+    return f"δ = {_fmt(deltas[0] if deltas else None)}"
+
+
+def _population(facts: PrivacyFacts) -> str:
+    """Over whom the median is taken."""
+    if facts.clients_total is None:
+        return f"the {facts.clients_trained} clients that trained"
+    return (f"all {facts.clients_total} clients, {facts.clients_trained} of which "
+            "trained; the others spent ε = 0")
+
+
+def _dp_strength(facts: PrivacyFacts) -> str:
+    """Write the (ε, δ) sentence, from the ledger when there is one."""
+    accountant = ACCOUNTANT_NAMES.get(facts.accountant or "", facts.accountant or "an")
+    if facts.epsilon_max is None:
+        target = (f" (the configuration asked for ε = {_fmt(facts.target_epsilon)})"
+                  if facts.target_epsilon is not None else "")
+        return ("How strongly: unknown, because the privacy ledger holds no record"
+                f"{target}.")
+    return (f"How strongly: (ε, δ)-differential privacy with ε = "
+            f"{_fmt(facts.epsilon_max, '.4g')} for the most exposed client (median "
+            f"{_fmt(facts.epsilon_median, '.4g')} over {_population(facts)}) and "
+            f"{_delta_text(facts.deltas)}, computed by the "
+            f"{accountant} accountant (values from privacy/ledger.jsonl). Smaller ε "
+            "is stronger: about 1 or below is strong, 10 or more is weak.")
+
+
+def _dp_protected(facts: PrivacyFacts) -> list[str]:
+    """List what sample-level DP protects in this run."""
+    items = [
+        "Each single training example of every client, against anyone who sees "
+        "that client's updates or the global model: the server, the other clients "
+        "and anyone who uses the trained model. This is sample-level differential "
+        "privacy (DP-SGD with Opacus): each example's gradient is clipped"
+        f"{_value(' to norm', facts.max_grad_norm)} and Gaussian noise"
+        f"{_value(' with multiplier', facts.noise_multiplier)} is added before an "
+        "update leaves the client.",
+        _dp_strength(facts),
+    ]
+    if facts.budget is not None:
+        budget = _fmt(facts.budget, ".4g")
+        spent = ("no client exhausted it during the run." if not facts.exhausted else
+                 f"{facts.exhausted} client(s) exhausted it during the run and "
+                 "trained no more.")
+        items.append(f"Each client had a privacy budget of ε = {budget}; {spent}")
+    return items
+
+
+def _he_protected(he: HEInfo) -> str:
+    """Say what secure aggregation with HE protects in this run."""
+    params = f", parameter set '{he.params}'" if he.params else ""
+    fingerprint = (f" Public-context fingerprint ({he.fingerprint_source}): "
+                   f"{he.fingerprint}."
+                   if he.fingerprint else "")
+    return ("Each client's individual update, against the server (secure aggregation "
+            f"with homomorphic encryption, TenSEAL CKKS{params}): clients encrypt "
+            "their updates under a key the server does not hold, the server only adds "
+            "ciphertexts and sees no individual update, only the encrypted sum; it "
+            "cannot read the global model either." + fingerprint)
+
+
+def _not_protected(facts: PrivacyFacts) -> list[str]:
+    """List the gaps a reader must know about, given what was on."""
+    items: list[str] = []
+    if not facts.dp:
+        items.append("Training data, against anyone who sees an update or the model: "
+                      "DP was off, so the updates and the global model can leak "
+                      "clients' training examples (membership inference, "
+                      "reconstruction from gradients) to the server, other clients "
+                      "and users of the model.")
+    else:
+        items.append("Participation: DP here protects single examples, not whole "
+                     "clients (it is not client-level DP); it does not hide that a "
+                     "client took part, nor what most of a client's data has in "
+                     "common (its label mix, its style).")
+    if not facts.he.on:
+        items.append("Individual updates, against the server: secure aggregation "
+                     "was off, so the server sees each client's update in the clear.")
+    else:
+        items.append("Collusion: HE does not protect against clients colluding with "
+                     "the key holder, or the server colluding with any client; every "
+                     "client holds the secret key and can decrypt an update it gets "
+                     "hold of.")
+    decrypted = " (after decrypting it)" if facts.he.on else ""
+    items.append("What clients see: every participating client receives the global "
+                 f"model in the clear{decrypted}"
+                 + ("; DP bounds what it reveals about any one example of another "
+                    "client." if facts.dp else
+                    "; without DP it can reveal other clients' training data."))
+    return items
+
+
+def protection_blocks(facts: PrivacyFacts) -> tuple[Block, ...]:
+    """Build the 'what is protected, and from whom' section's blocks."""
+    protected = _dp_protected(facts) if facts.dp else []
+    if facts.he.on:
+        protected.append(_he_protected(facts.he))
+    blocks: list[Block] = [Paragraph(text="Protected in this run:")]
+    if protected:
+        blocks.append(Bullets(items=tuple(protected)))
+    else:
+        blocks.append(Paragraph(text="Nothing beyond ordinary access control: "
+                                     "differential privacy and secure aggregation "
+                                     "were both off."))
+    blocks.append(Paragraph(text="Not protected:"))
+    blocks.append(Bullets(items=tuple(_not_protected(facts))))
+    return tuple(blocks)

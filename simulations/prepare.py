@@ -67,10 +67,11 @@ def prepare(cfg: RunConfig, make_run_dir: Callable[[], Path]) -> tuple[Path, Pre
 
     Everything that can reject the configuration happens before the folder exists.
     """
-    bundle = load_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.seed)
+    bundle = load_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.seed,
+                          max_len=getattr(cfg, "max_len", 64))
     check_against_dataset(cfg, bundle)
     spec = ModelSpec(name=cfg.model, input_shape=bundle.input_shape,
-                     num_classes=bundle.num_classes)
+                     num_classes=bundle.num_classes, vocab_size=bundle.vocab_size)
     n_params = count_parameters(build_model(spec))
     splits = _partitions(cfg, bundle)
     run_dir = make_run_dir()

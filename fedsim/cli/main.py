@@ -26,9 +26,11 @@ def _root() -> None:
 
 
 def _register() -> None:
-    from fedsim.cli import keys, privacy, report, run
+    from fedsim.cli import catalog, keys, privacy, report, run
 
     app.command("run", help=run.__doc__)(run.run)
+    app.command("models", help=catalog.models.__doc__)(catalog.models)
+    app.command("datasets", help=catalog.datasets.__doc__)(catalog.datasets)
     app.command("report", help=report.report.__doc__)(report.report)
     app.add_typer(keys.app, name="keys")
     app.add_typer(privacy.app, name="privacy")

@@ -85,14 +85,18 @@ def hello(msg: Message, context: Context) -> Message:
     return Message(RecordDict({protocol.METRICS: reply}), reply_to=msg)
 
 
-def _local_training(model, x, y, settings, context, server_round, cid):
+def _local_training(model, x, y, settings, context, msg, cid):
+    config = msg.content[protocol.CONFIG]
+    server_round = int(config[protocol.ROUND])
     device = resolve_device(settings["device"])
     generator = seeded_generator(int(settings["seed"]), server_round, cid)
     if settings.get("dp"):
         from fedsim.client.dp_step import dp_train
 
+        history = config.get(protocol.DP_HISTORY)
         outcome, result = dp_train(model, x, y, settings=settings, context=context,
-                                   device=device, generator=generator)
+                                   device=device, generator=generator,
+                                   server_history=None if history is None else str(history))
         return result, outcome.metrics
     result = train_epochs(model, x, y, epochs=int(settings["local_epochs"]),
                           batch_size=int(settings["batch_size"]), lr=float(settings["lr"]),
@@ -107,10 +111,9 @@ def train(msg: Message, context: Context) -> Message:
     cid = client_id(context)
     settings = _settings(msg)
     he_ctx = _he_context(settings, context)
-    server_round = int(msg.content[protocol.CONFIG][protocol.ROUND])
     model = _receive_model(msg, settings, he_ctx)
     x, y = open_store(_data_dir(msg, context)).client_data(cid, "train")
-    result, extra = _local_training(model, x, y, settings, context, server_round, cid)
+    result, extra = _local_training(model, x, y, settings, context, msg, cid)
     metrics = {protocol.NUM_EXAMPLES: len(y), protocol.CLIENT_ID: cid, **extra}
     if result is None:  # DP budget exhausted: nothing trained, nothing released
         return _reply(msg, metrics, None, settings, he_ctx, len(y))

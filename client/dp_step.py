@@ -7,6 +7,7 @@ over every round this client trained in. The server's ledger keeps the durable c
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,14 +70,29 @@ def noise_for(dp: dict, *, n: int, batch_size: int, local_epochs: int, rounds: i
                            steps=total, accountant=dp["accountant"])
 
 
+def known_history(context: Context, server_history: str | None
+                  ) -> list[tuple[float, float, int]]:
+    """The longer of this client's own history and the server's ledger copy.
+
+    A client restarted mid-run (a resumed simulation, a rebooted site) has lost its
+    Context state; the server's durable ledger then tells it what it already spent.
+    A server can only make the client count more, never less, than it knows itself.
+    """
+    own = load_history(context)
+    if not server_history:
+        return own
+    theirs = [(float(a), float(b), int(c)) for a, b, c in json.loads(server_history)]
+    return theirs if len(theirs) > len(own) else own
+
+
 def dp_train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, *, settings: dict,
-             context: Context, device: torch.device, generator: torch.Generator
-             ) -> tuple[DPOutcome, object | None]:
+             context: Context, device: torch.device, generator: torch.Generator,
+             server_history: str | None = None) -> tuple[DPOutcome, object | None]:
     """Check the budget, then train with DP-SGD and record the participation."""
     from fedsim.client.dp import train_dp
 
     dp, n = settings["dp"], len(y)
-    history = load_history(context)
+    history = known_history(context, server_history)
     noise = noise_for(dp, n=n, batch_size=settings["batch_size"],
                       local_epochs=settings["local_epochs"], rounds=settings["rounds"],
                       fraction=settings["fraction"])

@@ -51,6 +51,7 @@ class RunConfig:
     round_timeout: float = 600.0
     min_clients: int = 1
     max_len: int = 64
+    ray_address: str | None = None  # an existing Ray cluster (e.g. "10.0.0.5:6379")
     # sample-level differential privacy (Opacus DP-SGD on every client)
     dp: bool = False
     noise_multiplier: float | None = None

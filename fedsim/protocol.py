@@ -73,3 +73,6 @@ def ciphertext_blobs(record: ArrayRecord) -> list[bytes]:
 def is_encrypted(record: ArrayRecord) -> bool:
     """True when a record carries ciphertexts rather than model layers."""
     return any(k.startswith(HE_PREFIX) for k in record.keys())
+
+
+DP_HISTORY = "dp-history"  # ConfigRecord: JSON list of this client's recorded steps

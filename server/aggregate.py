@@ -57,3 +57,55 @@ def fedavg(updates: Sequence[Sequence[np.ndarray]], weights: Sequence[float]) ->
     for update, weight in zip(updates, weights, strict=True):
         acc.add(weighted(update, weight), weight)
     return weighted_average(acc, [np.asarray(a).dtype for a in updates[0]])
+
+
+FIXED_POINT_BITS = 30  # fractional bits of the fixed-point plaintext sum
+_SUM_LIMIT = float(2**62)  # stay clear of int64 overflow
+
+
+class FixedPointOverflow(ValueError):
+    """A contribution would push the fixed-point sum past the int64 range."""
+
+
+def to_fixed(contribution: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """A weighted float update as int64 fixed point (2^-30 resolution).
+
+    Integer addition is exact and commutative, so the sum of fixed-point
+    contributions is bit-for-bit the same whatever order replies arrive in:
+    streaming aggregation stays reproducible.
+    """
+    scale = float(2**FIXED_POINT_BITS)
+    return [np.rint(np.asarray(c, dtype=np.float64) * scale).astype(np.int64)
+            for c in contribution]
+
+
+def fixed_magnitude(fixed: Sequence[np.ndarray]) -> float:
+    """The largest absolute entry of a fixed-point contribution."""
+    return max((float(np.abs(a).max()) for a in fixed if a.size), default=0.0)
+
+
+class FixedPointAccumulator(Accumulator):
+    """An Accumulator over int64 fixed point that refuses to overflow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bound = 0.0  # upper bound of any entry of the running total
+
+    def add(self, contribution: Sequence[Any], weight: float) -> None:
+        """Add a fixed-point contribution; raise FixedPointOverflow if unsafe."""
+        magnitude = fixed_magnitude(contribution)
+        if self.bound + magnitude >= _SUM_LIMIT:
+            raise FixedPointOverflow(
+                "update too large for the fixed-point sum (|weight x value| above "
+                f"{_SUM_LIMIT / 2**FIXED_POINT_BITS:.3g} in total)")
+        super().add(contribution, weight)
+        self.bound += magnitude
+
+
+def fixed_average(acc: Accumulator, dtypes: Sequence[np.dtype]) -> list[np.ndarray]:
+    """Divide a fixed-point sum by its total weight, back in each layer's dtype."""
+    if acc.total is None or acc.weight <= 0:
+        raise ValueError("nothing was accumulated")
+    scale = float(2**FIXED_POINT_BITS) * acc.weight
+    return [(t.astype(np.float64) / scale).astype(dt)
+            for t, dt in zip(acc.total, dtypes, strict=True)]

@@ -19,6 +19,7 @@ from fedsim.server.federation import discover
 from fedsim.server.hooks import RoundListener
 from fedsim.protocol import is_encrypted
 from fedsim.server.codecs import PlainCodec
+from fedsim.server.streaming import StreamingGrid
 from fedsim.server.strategies.fedavg import FedsimFedAvg
 
 log = logging.getLogger("fedsim.server")
@@ -45,6 +46,8 @@ class ServerPlan:
     he: HEPlan | None = None
     central_eval: bool = True
     handshake_timeout: float = 120.0
+    resume_round: int = 0  # rounds already completed (a resumed run)
+    resume_arrays: ArrayRecord | None = None  # the global state after that round
 
 
 def client_settings(plan: ServerPlan) -> dict:
@@ -103,6 +106,9 @@ class CentralEvaluator:
 def _round_end_hook(strategy: FedsimFedAvg, evaluator: CentralEvaluator | None,
                     listener: RoundListener):
     def hook(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round == 0 and strategy.round_offset:
+            return None  # a resumed run: the initial evaluation was done before
+        server_round += strategy.round_offset
         if strategy.stop_reason is not None and strategy.stats.clients_sampled == 0:
             return None  # the run has ended early; nothing happened this round
         record: dict = {"round": server_round}
@@ -118,6 +124,7 @@ def _round_end_hook(strategy: FedsimFedAvg, evaluator: CentralEvaluator | None,
             record.update(strategy.round_extras())
             record["round_time_s"] = time.monotonic() - strategy.stats.started
             listener.on_round(record)
+            listener.on_checkpoint(server_round, arrays)
         return MetricRecord(metrics) if metrics else None
 
     return hook
@@ -142,15 +149,15 @@ def make_strategy(plan: ServerPlan, federation) -> FedsimFedAvg:
     """FedAvg, with the DP ledger when DP is on, and the chosen payload codec."""
     cfg = plan.config
     common = {"federation": federation, "fraction": cfg.fraction,
-              "fraction_evaluate": cfg.fraction, "codec": make_codec(plan)}
+              "fraction_evaluate": cfg.fraction, "codec": make_codec(plan),
+              "min_clients": cfg.min_clients, "round_offset": plan.resume_round}
     if not cfg.dp:
         return FedsimFedAvg(**common)
     from fedsim.privacy.ledger import PrivacyLedger
     from fedsim.server.strategies.dp_fedavg import DPFedAvg
 
     return DPFedAvg(ledger=PrivacyLedger(plan.ledger_path), accountant=cfg.accountant,
-                    delta=cfg.delta, budget=cfg.epsilon_budget,
-                    min_clients=cfg.min_clients, **common)
+                    delta=cfg.delta, budget=cfg.epsilon_budget, **common)
 
 
 def run_server(grid: Grid, plan: ServerPlan, listener: RoundListener) -> None:
@@ -166,11 +173,12 @@ def run_server(grid: Grid, plan: ServerPlan, listener: RoundListener) -> None:
     config = ConfigRecord({protocol.SETTINGS: protocol.encode_settings(client_settings(plan))})
     if plan.data_dir:
         config[protocol.DATA_DIR] = plan.data_dir
-    initial = ArrayRecord(initial_model(plan).state_dict())
+    initial = (plan.resume_arrays if plan.resume_arrays is not None
+               else ArrayRecord(initial_model(plan).state_dict()))
     result = strategy.start(
-        grid=grid,
+        grid=StreamingGrid(grid),
         initial_arrays=initial,
-        num_rounds=cfg.rounds,
+        num_rounds=cfg.rounds - plan.resume_round,
         timeout=cfg.round_timeout,
         train_config=config,
         evaluate_config=ConfigRecord(dict(config)),

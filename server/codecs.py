@@ -14,7 +14,14 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message
 
 from fedsim import protocol
-from fedsim.server.aggregate import Accumulator, weighted, weighted_average
+from fedsim.server.aggregate import (
+    Accumulator,
+    FixedPointAccumulator,
+    FixedPointOverflow,
+    fixed_average,
+    to_fixed,
+    weighted,
+)
 from fedsim.server.replies import check_train_reply
 
 
@@ -22,11 +29,17 @@ class Rejected(Exception):
     """A reply's payload cannot enter the sum; carries the reason."""
 
 
+__all__ = ["Codec", "PlainCodec", "Rejected", "FixedPointOverflow"]
+
+
 class Codec(Protocol):
     """What the FedAvg strategy needs from a payload format."""
 
     name: str
     readable: bool  # can the server read the global model (central evaluation)?
+
+    def accumulator(self) -> Accumulator:
+        """A fresh running sum for one round."""
 
     def contribution(self, msg: Message, global_arrays: ArrayRecord, weight: float) -> list:
         """The reply's weighted contribution, or raise Rejected."""
@@ -36,10 +49,18 @@ class Codec(Protocol):
 
 
 class PlainCodec:
-    """Plaintext FedAvg: the server sees each update and averages them."""
+    """Plaintext FedAvg: the server sees each update and averages them.
+
+    Contributions are summed in int64 fixed point, so the average does not depend on
+    the order replies arrive in (see `aggregate.to_fixed`).
+    """
 
     name = "plaintext"
     readable = True
+
+    def accumulator(self) -> Accumulator:
+        """A fixed-point running sum."""
+        return FixedPointAccumulator()
 
     def contribution(self, msg: Message, global_arrays: ArrayRecord, weight: float) -> list:
         """Check the layout and finiteness, then scale by the weight."""
@@ -47,13 +68,13 @@ class PlainCodec:
         if not verdict.ok:
             raise Rejected(verdict.reason)
         arrays = msg.content[protocol.ARRAYS]
-        return weighted([arrays[k].numpy() for k in global_arrays.keys()], weight)
+        return to_fixed(weighted([arrays[k].numpy() for k in global_arrays.keys()], weight))
 
     def finish(self, acc: Accumulator, global_arrays: ArrayRecord) -> ArrayRecord:
         """Divide by the total weight, keeping each layer's dtype."""
         keys = list(global_arrays.keys())
         dtypes = [global_arrays[k].numpy().dtype for k in keys]
-        averaged = weighted_average(acc, dtypes)
+        averaged = fixed_average(acc, dtypes)
         return ArrayRecord(
             {k: Array(np.ascontiguousarray(v)) for k, v in zip(keys, averaged, strict=True)}
         )

@@ -23,6 +23,10 @@ class HECodec:
     name = "ckks"
     readable = False
 
+    def accumulator(self) -> Accumulator:
+        """Ciphertext addition is exact modular arithmetic: order does not matter."""
+        return Accumulator()
+
     def __init__(self, *, public_context, fingerprint: str, expected_count: int) -> None:
         if public_context.is_private():
             raise ValueError("the server's HE context must not hold a secret key")

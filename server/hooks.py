@@ -16,6 +16,9 @@ class RoundListener(Protocol):
     def on_round(self, record: dict) -> None:
         """Called at the end of every round with that round's metrics."""
 
+    def on_checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
+        """Called after every completed round with the global state to persist."""
+
     def on_finish(self, final: ArrayRecord, info: dict) -> None:
         """Called after the last round with the final global state.
 
@@ -40,6 +43,12 @@ class Listeners:
         """Forward to every listener."""
         for listener in self.listeners:
             listener.on_round(record)
+
+    def on_checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
+        """Forward to every listener that keeps checkpoints."""
+        for listener in self.listeners:
+            if hasattr(listener, "on_checkpoint"):
+                listener.on_checkpoint(server_round, arrays)
 
     def on_finish(self, final: ArrayRecord, info: dict) -> None:
         """Forward to every listener."""

@@ -7,6 +7,7 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -60,12 +61,38 @@ def fresh_run_dir(out: str | None, base: str = "runs") -> Path:
     return path
 
 
+@dataclass(frozen=True, kw_only=True)
+class Checkpoint:
+    """The last completed round of a run folder and its global state."""
+
+    round: int
+    arrays: dict[str, np.ndarray]  # in the global record's key order
+    rows: list[dict]  # metrics.jsonl rows up to that round
+
+
+def load_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """The run's last checkpoint, or None if it never completed a round."""
+    folder = Path(run_dir) / "checkpoint"
+    state_path = folder / "state.json"
+    if not state_path.is_file():
+        return None
+    state = json.loads(state_path.read_text())
+    with np.load(folder / "global.npz") as data:
+        arrays = {k: data[k] for k in state["keys"]}
+    rows = []
+    metrics = Path(run_dir) / "metrics.jsonl"
+    if metrics.is_file():
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line]
+    rows = [r for r in rows if r.get("round", 0) <= state["round"]]
+    return Checkpoint(round=int(state["round"]), arrays=arrays, rows=rows)
+
+
 class RunRecorder:
     """Listens to the server and keeps the run folder's files current."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, *, resume_rows: list[dict] | None = None) -> None:
         self.run_dir = Path(run_dir)
-        self.rows: list[dict] = []
+        self.rows: list[dict] = list(resume_rows or [])
         self.initial: dict | None = None
         self.started = time.monotonic()
         self.finished = False
@@ -84,6 +111,16 @@ class RunRecorder:
         self.rows.append(dict(record))
         text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in self.rows)
         atomic_write_bytes(self.run_dir / "metrics.jsonl", text.encode())
+
+    def on_checkpoint(self, server_round: int, arrays) -> None:
+        """Persist the global state after a completed round (atomic, state.json last)."""
+        folder = self.run_dir / "checkpoint"
+        buffer = io.BytesIO()
+        np.savez(buffer, **{k: arrays[k].numpy() for k in arrays.keys()})
+        atomic_write_bytes(folder / "global.npz", buffer.getvalue())
+        atomic_write_json(folder / "state.json", {
+            "round": server_round, "keys": list(arrays.keys()),
+            "metrics_rows": len(self.rows)})
 
     def on_finish(self, final, info: dict) -> None:
         """Save the final global state: model.pt, or the encrypted sum under HE."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -9,12 +10,21 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedsim.config import RunConfig
+from flwr.app import Array, ArrayRecord
+
+from fedsim.config import RunConfig, config_from_json
 from fedsim.errors import ConfigError
+from fedsim.fedmodels.models import ModelSpec
 from fedsim.server.app import HEPlan, ServerPlan, build_server_app
 from fedsim.server.hooks import Listeners, RoundListener
 from fedsim.simulations.prepare import Prepared, prepare
-from fedsim.simulations.rundir import RunRecorder, atomic_write_json, fresh_run_dir
+from fedsim.simulations.rundir import (
+    Checkpoint,
+    RunRecorder,
+    atomic_write_json,
+    fresh_run_dir,
+    load_checkpoint,
+)
 
 DEFAULT_GPU_SHARE = 0.2  # clients per GPU = 5 when the user sets no --gpus-per-client
 
@@ -34,34 +44,46 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+ACTOR_RESTARTS = 1000  # a ClientApp worker that dies is restarted by Ray
+
+
 def client_resources(cfg: RunConfig) -> dict[str, float]:
-    """Ray resources per ClientApp; on a GPU machine, share GPUs unless told."""
+    """Ray options per ClientApp actor; on a GPU machine, share GPUs unless told.
+
+    Flower passes these straight to the actor's Ray options: besides resources,
+    `max_restarts` makes Ray restart a worker process that died (OOM, a crash in
+    native code) so later rounds keep their full actor pool; the message it was
+    handling comes back as a failed reply and is counted as such.
+    """
     gpus = cfg.gpus_per_client
     if cfg.device == "cuda" and not cuda_available():
         raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; "
                           "use --device auto or --device cpu")
     if gpus == 0.0 and cfg.device != "cpu" and cuda_available():
         gpus = DEFAULT_GPU_SHARE
-    return {"num_cpus": cfg.cpus_per_client, "num_gpus": gpus}
+    return {"num_cpus": cfg.cpus_per_client, "num_gpus": gpus,
+            "max_restarts": ACTOR_RESTARTS}
 
 
 def backend_config(cfg: RunConfig, *, verbose: bool) -> dict:
-    """Flower's Ray backend settings."""
-    return {
-        "client_resources": client_resources(cfg),
-        "init_args": {
-            "num_cpus": os.cpu_count() or 1,
-            "logging_level": logging.INFO if verbose else logging.ERROR,
-            "log_to_driver": verbose,
-            "include_dashboard": False,
-        },
+    """Flower's Ray backend settings: a local Ray, or an existing cluster."""
+    init_args = {
+        "logging_level": logging.INFO if verbose else logging.ERROR,
+        "log_to_driver": verbose,
     }
+    if cfg.ray_address:
+        init_args["address"] = cfg.ray_address
+    else:
+        init_args.update(num_cpus=os.cpu_count() or 1, include_dashboard=False)
+    return {"client_resources": client_resources(cfg), "init_args": init_args}
 
 
 def quiet_logs(verbose: bool) -> None:
     """Keep Flower and Ray chatter out of the user's way unless --verbose."""
     level = logging.INFO if verbose else logging.ERROR
-    logging.getLogger("flwr").setLevel(level)
+    # Flower logs a client's failure as a multi-line traceback; fedsim logs one line
+    # per failed client itself, so Flower stays quiet unless --verbose.
+    logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.CRITICAL)
     logging.getLogger("ray").setLevel(level)
     logging.getLogger("fedsim").setLevel(logging.INFO if verbose else logging.WARNING)
     if not verbose:
@@ -108,6 +130,9 @@ def start_run(cfg: RunConfig) -> PreparedRun:
     client_resources(cfg)  # fail early on an impossible device request
     run_dir, prepared = prepare(cfg, lambda: fresh_run_dir(cfg.out))
     he = provision_simulation_keys(cfg, run_dir) if cfg.secure_agg == "he" else None
+    atomic_write_json(run_dir / "federation.json", {
+        "model": prepared.model.to_dict(), "num_parameters": prepared.num_parameters,
+        "train_size": prepared.train_size, "test_size": prepared.test_size})
     atomic_write_json(run_dir / "config.json", cfg.to_dict() | {"out": str(run_dir)})
     return PreparedRun(config=cfg, run_dir=run_dir, prepared=prepared, he=he)
 
@@ -119,20 +144,61 @@ def simulate(cfg: RunConfig, *, listener: RoundListener | None = None,
 
     `client_app` replaces fedsim's ClientApp (tests inject faulty clients this way).
     """
+    quiet_logs(verbose)
+    started = started or start_run(cfg)
+    return _execute(started, listener=listener, verbose=verbose, client_app=client_app)
+
+
+def resume(run_dir: str | Path, *, listener: RoundListener | None = None,
+           verbose: bool = False, client_app=None) -> RunOutcome:
+    """Continue a run folder from its last complete round (after a crash or kill)."""
+    quiet_logs(verbose)
+    run_dir = Path(run_dir)
+    started = reopen_run(run_dir)
+    checkpoint = load_checkpoint(run_dir)
+    return _execute(started, listener=listener, verbose=verbose, client_app=client_app,
+                    checkpoint=checkpoint)
+
+
+def reopen_run(run_dir: Path) -> PreparedRun:
+    """Rebuild a PreparedRun from what start_run wrote into the folder."""
+    missing = [n for n in ("config.json", "federation.json", "data") if not (run_dir / n).exists()]
+    if missing:
+        raise ConfigError(f"cannot resume '{run_dir}': {', '.join(missing)} missing; "
+                          "give a run folder made by fedsim run")
+    cfg = config_from_json((run_dir / "config.json").read_text())
+    fed = json.loads((run_dir / "federation.json").read_text())
+    prepared = Prepared(model=ModelSpec.from_dict(fed["model"]), data_dir=run_dir / "data",
+                        num_parameters=fed["num_parameters"], train_size=fed["train_size"],
+                        test_size=fed["test_size"])
+    he = None
+    if cfg.secure_agg == "he":
+        from fedsim.privacy.keys import key_info
+
+        folder = run_dir / "he"
+        he = HEPlan(server_context_path=str(folder / "server.ctx"),
+                    fingerprint=key_info(folder / "server.ctx")["fingerprint"],
+                    client_key_path=str(folder / "client.key"),
+                    passphrase_file=str(folder / "passphrase"))
+    return PreparedRun(config=cfg, run_dir=run_dir, prepared=prepared, he=he)
+
+
+def _execute(started: PreparedRun, *, listener, verbose: bool, client_app,
+             checkpoint: Checkpoint | None = None) -> RunOutcome:
     from flwr.simulation import run_simulation
 
     if client_app is None:
         from fedsim.client.app import app as client_app
-
-    quiet_logs(verbose)
-    started = started or start_run(cfg)
-    run_dir, prepared = started.run_dir, started.prepared
-    recorder = RunRecorder(run_dir)
-    listeners = Listeners(recorder, *( [listener] if listener else [] ))
+    cfg, run_dir, prepared = started.config, started.run_dir, started.prepared
+    recorder = RunRecorder(run_dir, resume_rows=checkpoint.rows if checkpoint else None)
+    listeners = Listeners(recorder, *([listener] if listener else []))
     plan = ServerPlan(
         config=cfg, model=prepared.model, data_dir=str(prepared.data_dir.resolve()),
         ledger_path=str(run_dir / "privacy" / "ledger.jsonl") if cfg.dp else None,
         he=started.he,
+        resume_round=checkpoint.round if checkpoint else 0,
+        resume_arrays=(ArrayRecord({k: Array(v) for k, v in checkpoint.arrays.items()})
+                       if checkpoint else None),
     )
     run_simulation(
         server_app=build_server_app(plan, listeners),
@@ -142,7 +208,7 @@ def simulate(cfg: RunConfig, *, listener: RoundListener | None = None,
         verbose_logging=verbose,
     )
     extra = {"num_parameters": prepared.num_parameters, "model": cfg.model,
-             "dataset": cfg.dataset}
+             "dataset": cfg.dataset, "resumed_from_round": plan.resume_round or None}
     if started.he is not None:
         extra["he_fingerprint"] = started.he.fingerprint
     summary = recorder.summary(extra)

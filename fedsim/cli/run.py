@@ -57,14 +57,20 @@ def run(
     epsilon_budget: Annotated[float | None, typer.Option(help="Per-client epsilon budget: a client refuses a round that would exceed it.")] = None,
     secure_agg: Annotated[str | None, typer.Option(help="none, or he: clients send CKKS ciphertexts and the server sums what it cannot read. [default: none]")] = None,
     he_params: Annotated[str | None, typer.Option(help="HE parameter set: default or compact. [default: default]")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Run on an existing Ray cluster (HOST:PORT of its head, as `ray start --head` prints) instead of a local Ray.")] = None,
     out: Annotated[str | None, typer.Option(help="Run folder. [default: runs/<timestamp>]")] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue this run folder from its last complete round (its config.json is used; other options are ignored).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML file with any of these options; flags override it.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower and Ray logs.")] = False,
 ) -> None:
     """Run a FedAvg simulation on Ray, with live progress and a results folder."""
-    overrides = {k: v for k, v in locals().items() if k not in ("config", "verbose")}
+    if resume is not None:
+        _resume(resume, verbose=verbose)
+        return
+    overrides = {k: v for k, v in locals().items()
+                 if k not in ("config", "verbose", "resume")}
     cfg = resolve_config(config_file=config, overrides=overrides)
-    from fedsim.cli.progress import ProgressListener, summary_table
+    from fedsim.cli.progress import ProgressListener
     from fedsim.simulations.runner import simulate, start_run
 
     console = Console()
@@ -78,10 +84,32 @@ def run(
     )
     with ProgressListener(console, cfg.rounds) as progress:
         outcome = simulate(cfg, listener=progress, verbose=verbose, started=started)
+    _finish(console, outcome)
+
+
+def _resume(run_dir: Path, *, verbose: bool) -> None:
+    from fedsim.cli.progress import ProgressListener
+    from fedsim.simulations.rundir import load_checkpoint
+    from fedsim.simulations.runner import reopen_run, resume
+
+    console = Console()
+    started = reopen_run(run_dir)
+    checkpoint = load_checkpoint(run_dir)
+    done = checkpoint.round if checkpoint else 0
+    console.print(f"fedsim: resuming {run_dir} after round {done} of "
+                  f"{started.config.rounds}", highlight=False)
+    with ProgressListener(console, started.config.rounds) as progress:
+        progress.progress.update(progress.task, completed=done)
+        outcome = resume(run_dir, listener=progress, verbose=verbose)
+    _finish(console, outcome)
+
+
+def _finish(console: Console, outcome) -> None:
+    from fedsim.cli.progress import summary_table
+    from fedsim.cli.report import write_report
+
     console.print(summary_table(outcome.summary, str(outcome.run_dir)))
     if outcome.summary.get("stop_reason"):
         console.print(f"[yellow]stopped early:[/] {outcome.summary['stop_reason']}")
-    from fedsim.cli.report import write_report
-
     write_report(outcome.run_dir)
     console.print(f"results: {outcome.run_dir}")

@@ -11,6 +11,7 @@ budget remain, the run ends cleanly.
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 from collections.abc import Iterable
@@ -44,8 +45,15 @@ class DPFedAvg(FedsimFedAvg):
         self.histories: dict[int, list[tuple[float, float, int]]] = {}
         self.epsilons: dict[int, float] = {}
         self.exhausted: dict[int, int] = {}  # client id -> round it ran out
+        # On a resume, records past the checkpoint are replays of releases that already
+        # happened; re-running those rounds reproduces them exactly and must not count
+        # them twice.
+        self.replayed: dict[tuple[int, int], LedgerRecord] = {}
         for record in ledger.records():
-            self._remember(record)
+            if record.round <= self.round_offset:
+                self._remember(record)
+            else:
+                self.replayed[(record.round, record.client_id)] = record
 
     def _remember(self, record: LedgerRecord) -> None:
         if record.steps == 0 and not record.released:  # an exhaustion marker
@@ -72,14 +80,22 @@ class DPFedAvg(FedsimFedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord,
                         config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Stop cleanly when too few clients with budget remain."""
-        remaining = len(self.eligible_clients(server_round))
-        if remaining < self.min_clients and self.stop_reason is None:
-            self.stop_reason = (
-                f"only {remaining} client(s) with privacy budget left "
-                f"(--min-clients {self.min_clients}); the run ended after round "
-                f"{server_round - 1}")
-            log.warning(self.stop_reason)
+        actual = server_round + self.round_offset
+        remaining = len(self.eligible_clients(actual))
+        if remaining < self.min_clients:
+            self._stop(f"only {remaining} client(s) with privacy budget left "
+                       f"(--min-clients {self.min_clients}); the run ended after round "
+                       f"{actual - 1}")
         return super().configure_train(server_round, arrays, config, grid)
+
+    def train_config_for(self, client_id: int, config: ConfigRecord) -> ConfigRecord:
+        """Send each client its recorded history, so a restarted client keeps counting."""
+        history = self.histories.get(client_id, [])
+        if not history:
+            return config
+        own = ConfigRecord(dict(config))
+        own[protocol.DP_HISTORY] = json.dumps(history)
+        return own
 
     def _ledger_record(self, server_round: int, cid: int, metrics) -> LedgerRecord:
         values = [metrics.get(k) for k in _DP_KEYS]
@@ -96,29 +112,36 @@ class DPFedAvg(FedsimFedAvg):
                             accountant=self.accountant, epsilon=eps, budget=self.budget,
                             released=True)
 
-    def before_aggregation(self, server_round: int,
-                           accepted: list[tuple[int, Message]]) -> list[tuple[int, Message]]:
+    def admit(self, server_round: int, client_id: int, msg: Message) -> bool:
         """Ledger first (durable), then aggregation; exhausted clients leave the pool."""
-        keep, records = [], []
-        for cid, msg in accepted:
-            metrics = msg.content[protocol.METRICS]
-            if metrics.get(protocol.DP_EXHAUSTED) == 1:
-                records.append(self._exhaustion_marker(server_round, cid, metrics))
-                log.info("client %d has exhausted its privacy budget", cid)
-                continue
-            try:
-                record = self._ledger_record(server_round, cid, metrics)
-            except ValueError as err:
-                self._note(Verdict(ok=False, kind="rejected", reason=str(err),
-                                   client_id=cid), msg, "train")
-                continue
-            self._check_client_view(record, metrics)
-            records.append(record)
-            keep.append((cid, msg))
-        self.ledger.extend(records)
-        for record in records:
+        metrics = msg.content[protocol.METRICS]
+        if metrics.get(protocol.DP_EXHAUSTED) == 1:
+            self._write(self._exhaustion_marker(server_round, client_id, metrics))
+            log.info("client %d has exhausted its privacy budget", client_id)
+            return False
+        try:
+            record = self._ledger_record(server_round, client_id, metrics)
+        except ValueError as err:
+            self._note(Verdict(ok=False, kind="rejected", reason=str(err),
+                               client_id=client_id), msg, "train")
+            return False
+        self._check_client_view(record, metrics)
+        self._write(record)
+        return True
+
+    def _write(self, record: LedgerRecord) -> None:
+        """Append (fsync) unless a resumed run replays an identical, already durable one."""
+        key = (record.round, record.client_id)
+        previous = self.replayed.pop(key, None)
+        if previous is not None and previous == record:
             self._remember(record)
-        return keep
+            return
+        if previous is not None:
+            log.warning("client %d re-ran round %d after a resume with a different "
+                        "update; both releases are recorded", record.client_id,
+                        record.round)
+        self.ledger.append(record)
+        self._remember(record)
 
     def _check_client_view(self, record: LedgerRecord, metrics) -> None:
         claimed = metrics.get(protocol.DP_EPSILON)

@@ -1,12 +1,15 @@
-"""FedAvg over the fedsim federation: seeded sampling, checked replies, fixed order.
+"""FedAvg over the fedsim federation: seeded sampling, checked replies, streaming sums.
 
 Extends Flower's Message-API FedAvg through its hooks (configure/aggregate); the
-round loop stays Flower's `Strategy.start`.
+round loop stays Flower's `Strategy.start`. Replies are consumed one at a time as
+they arrive (see `server.streaming`) and added to a running sum whose result does
+not depend on arrival order, so memory stays flat and runs are reproducible.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -17,7 +20,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedsim import protocol
-from fedsim.server.aggregate import Accumulator
+from fedsim.server.aggregate import FixedPointOverflow
 from fedsim.server.codecs import Codec, PlainCodec, Rejected
 from fedsim.server.federation import Federation
 from fedsim.server.replies import Verdict, check_metrics
@@ -35,6 +38,7 @@ class RoundStats:
     clients_replied: int = 0
     rejected: int = 0
     failed: int = 0
+    timed_out: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
     train_loss: float | None = None
@@ -49,6 +53,14 @@ class RoundStats:
         return data
 
 
+def short_reason(reason: str, limit: int = 300) -> str:
+    """One line for the log: the last meaningful line of a (traceback) reason."""
+    lines = [ln.strip(" '<>\"") for ln in reason.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("^")]
+    text = lines[-1] if lines else reason
+    return " ".join(text.split())[:limit]
+
+
 def reply_bytes(msg: Message) -> int:
     """Payload bytes of a reply's arrays (0 for an error reply)."""
     if msg.has_error():
@@ -60,7 +72,8 @@ class FedsimFedAvg(FedAvg):
     """FedAvg that samples by client id with a seeded RNG and rejects bad replies."""
 
     def __init__(self, *, federation: Federation, fraction: float,
-                 fraction_evaluate: float, codec: Codec | None = None) -> None:
+                 fraction_evaluate: float, codec: Codec | None = None,
+                 min_clients: int = 1, round_offset: int = 0) -> None:
         super().__init__(
             fraction_train=fraction,
             fraction_evaluate=fraction_evaluate,
@@ -73,11 +86,14 @@ class FedsimFedAvg(FedAvg):
         )
         self.federation = federation
         self.codec: Codec = codec or PlainCodec()
+        self.min_clients = min_clients
+        self.round_offset = round_offset  # rounds already done before a resume
         self.stop_reason: str | None = None
         self.stats = RoundStats(round=0, started=time.monotonic())
         self._global: ArrayRecord | None = None
+        self._grid: Grid | None = None
 
-    # -- hooks subclasses and wrappers extend ---------------------------------
+    # -- hooks subclasses extend ------------------------------------------------
     def eligible_clients(self, server_round: int) -> list[int] | None:
         """Clients that may be sampled this round (None: all)."""
         return None
@@ -86,81 +102,113 @@ class FedsimFedAvg(FedAvg):
         """Extra per-round metrics a subclass adds to metrics.jsonl."""
         return {}
 
+    def train_config_for(self, client_id: int, config: ConfigRecord) -> ConfigRecord:
+        """The config one client receives (a subclass may add per-client entries)."""
+        return config
+
+    def admit(self, server_round: int, client_id: int, msg: Message) -> bool:
+        """Last check before a checked reply enters the sum (DP writes its ledger)."""
+        return True
+
+    # -- helpers ------------------------------------------------------------------
     def _messages(self, record: RecordDict, client_ids: list[int], kind: str) -> list[Message]:
         nodes = [self.federation.nodes[c] for c in client_ids]
         return list(self._construct_messages(record, nodes, kind))
 
     def _note(self, verdict: Verdict, msg: Message, stage: str) -> None:
-        who = verdict.client_id if verdict.client_id is not None else (
-            f"node {msg.metadata.src_node_id}")
+        who = verdict.client_id if verdict.client_id is not None else self._client_of(msg)
+        reason = short_reason(verdict.reason)
         if verdict.kind == "failed":
             self.stats.failed += 1
             log.warning("round %d %s: client %s failed: %s",
-                        self.stats.round, stage, who, verdict.reason)
+                        self.stats.round, stage, who, reason)
         else:
             self.stats.rejected += 1
             log.warning("round %d %s: rejected reply from client %s: %s",
-                        self.stats.round, stage, who, verdict.reason)
+                        self.stats.round, stage, who, reason)
+
+    def _client_of(self, msg: Message) -> str:
+        node = msg.metadata.src_node_id
+        for cid, known in self.federation.nodes.items():
+            if known == node:
+                return str(cid)
+        return f"node {node}"
+
+    def _count_timeouts(self, stage: str) -> None:
+        missing = list(getattr(self._grid, "last_timeouts", []))
+        if missing:
+            self.stats.timed_out += len(missing)
+            names = {n: c for c, n in self.federation.nodes.items()}
+            log.warning("round %d %s: no reply within the round timeout from client(s) %s",
+                        self.stats.round, stage, ", ".join(str(names.get(n, n)) for n in missing))
+
+    def _stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            log.warning(reason)
 
     # -- training -------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord,
                         config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Sample clients (seeded, by client id) and send them the global model."""
+        server_round += self.round_offset
         self.stats = RoundStats(round=server_round, started=time.monotonic())
-        self._global = arrays
+        self._global, self._grid = arrays, grid
         if self.stop_reason is not None:
             return []
-        ids = self.federation.sample(
-            server_round, self.fraction_train, stream=0,
-            eligible=self.eligible_clients(server_round),
-        )
+        ids = self.federation.sample(server_round, self.fraction_train, stream=0,
+                                     eligible=self.eligible_clients(server_round))
         config[protocol.ROUND] = server_round
-        record = RecordDict({protocol.ARRAYS: arrays, protocol.CONFIG: config})
         self.stats.clients_sampled = len(ids)
         self.stats.bytes_sent += arrays.count_bytes() * len(ids)
-        return self._messages(record, ids, MessageType.TRAIN)
+        messages = []
+        for cid in ids:
+            record = RecordDict({protocol.ARRAYS: arrays,
+                                 protocol.CONFIG: self.train_config_for(cid, config)})
+            messages.extend(self._messages(record, [cid], MessageType.TRAIN))
+        return messages
 
-    def accept_train_replies(self, replies: Iterable[Message]) -> list[tuple[int, Message]]:
-        """Check every reply's metrics; return the usable ones sorted by client id."""
-        accepted: list[tuple[int, Message]] = []
+    def _contribution(self, msg: Message, acc, weight: float) -> bool:
+        try:
+            acc.add(self.codec.contribution(msg, self._global, weight), weight)
+        except (Rejected, FixedPointOverflow) as err:
+            metrics = msg.content[protocol.METRICS]
+            self._note(Verdict(ok=False, kind="rejected", reason=str(err),
+                               client_id=int(metrics[protocol.CLIENT_ID])), msg, "train")
+            return False
+        return True
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Add each checked reply to the running sum as it arrives; then finish."""
+        server_round += self.round_offset
+        acc, losses = self.codec.accumulator(), []
         for msg in replies:
             self.stats.bytes_received += reply_bytes(msg)
             verdict = check_metrics(msg)
             if not verdict.ok:
                 self._note(verdict, msg, "train")
                 continue
-            accepted.append((verdict.client_id, msg))
-        accepted.sort(key=lambda item: item[0])
-        return accepted
-
-    def before_aggregation(self, server_round: int,
-                           accepted: list[tuple[int, Message]]) -> list[tuple[int, Message]]:
-        """Hook run on the checked replies before any enters the sum."""
-        return accepted
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Sum the accepted contributions in client-id order, then let the codec finish."""
-        accepted = self.before_aggregation(server_round, self.accept_train_replies(replies))
-        acc, loss_sum = Accumulator(), 0.0
-        for cid, msg in accepted:
+            if not self.admit(server_round, verdict.client_id, msg):
+                continue
             metrics = msg.content[protocol.METRICS]
             weight = float(metrics[protocol.NUM_EXAMPLES])
-            try:
-                contribution = self.codec.contribution(msg, self._global, weight)
-            except Rejected as err:
-                self._note(Verdict(ok=False, kind="rejected", reason=str(err),
-                                   client_id=cid), msg, "train")
-                continue
-            acc.add(contribution, weight)
-            loss_sum += float(metrics.get(protocol.TRAIN_LOSS, 0.0)) * weight
+            if self._contribution(msg, acc, weight):
+                losses.append(float(metrics.get(protocol.TRAIN_LOSS, 0.0)) * weight)
+        self._count_timeouts("train")
         self.stats.clients_replied = acc.count
-        if acc.count == 0:
-            if self.stop_reason is None:
-                log.warning("round %d: no usable update; the global model is unchanged",
-                            server_round)
+        return self._finish_round(server_round, acc, losses)
+
+    def _finish_round(self, server_round: int, acc, losses: list[float]
+                      ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        if self.stop_reason is not None or self.stats.clients_sampled == 0:
             return None, None
-        self.stats.train_loss = loss_sum / acc.weight
+        if acc.count < self.min_clients:
+            self._stop(f"round {server_round}: only {acc.count} usable update(s), fewer "
+                       f"than --min-clients {self.min_clients}; the run stops with the "
+                       f"model of round {server_round - 1}")
+            return None, None
+        self.stats.train_loss = math.fsum(losses) / acc.weight
         new = self.codec.finish(acc, self._global)
         return new, MetricRecord({protocol.TRAIN_LOSS: self.stats.train_loss})
 
@@ -168,6 +216,8 @@ class FedsimFedAvg(FedAvg):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord,
                            config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Sample clients (an independent seeded stream) to evaluate the model."""
+        server_round += self.round_offset
+        self._grid = grid
         if self.stop_reason is not None:
             return []
         ids = self.federation.sample(server_round, self.fraction_evaluate, stream=1)
@@ -176,28 +226,36 @@ class FedsimFedAvg(FedAvg):
         self.stats.bytes_sent += arrays.count_bytes() * len(ids)
         return self._messages(record, ids, MessageType.EVALUATE)
 
+    def _eval_values(self, msg: Message) -> tuple[Verdict, tuple[float, float, float]]:
+        verdict = check_metrics(msg)
+        if not verdict.ok:
+            return verdict, (0.0, 0.0, 0.0)
+        metrics = msg.content[protocol.METRICS]
+        values = [metrics.get(protocol.EVAL_LOSS), metrics.get(protocol.EVAL_ACC)]
+        if not all(isinstance(v, int | float) and np.isfinite(v) for v in values):
+            return Verdict(ok=False, kind="rejected", client_id=verdict.client_id,
+                           reason="evaluation reply lacks finite loss/accuracy"), (0, 0, 0)
+        return verdict, (float(metrics[protocol.NUM_EXAMPLES]), float(values[0]),
+                         float(values[1]))
+
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
         """Example-weighted validation loss and accuracy over the replies."""
-        total = loss = correct = 0.0
+        counts, losses, hits = [], [], []
         for msg in replies:
-            verdict = check_metrics(msg)
-            if verdict.ok:
-                metrics = msg.content[protocol.METRICS]
-                values = [metrics.get(protocol.EVAL_LOSS), metrics.get(protocol.EVAL_ACC)]
-                if not all(isinstance(v, int | float) and np.isfinite(v) for v in values):
-                    verdict = Verdict(ok=False, kind="rejected", client_id=verdict.client_id,
-                                      reason="evaluation reply lacks finite loss/accuracy")
+            verdict, (n, loss, acc) = self._eval_values(msg)
             if not verdict.ok:
                 self._note(verdict, msg, "evaluate")
                 continue
-            n = float(metrics[protocol.NUM_EXAMPLES])
-            total += n
-            loss += float(values[0]) * n
-            correct += float(values[1]) * n
-            self.stats.eval_clients += 1
+            counts.append(n)
+            losses.append(loss * n)
+            hits.append(acc * n)
+        self._count_timeouts("evaluate")
+        total = math.fsum(counts)
         if total == 0:
             return None
-        self.stats.fed_loss, self.stats.fed_accuracy = loss / total, correct / total
+        self.stats.eval_clients = len(counts)
+        self.stats.fed_loss = math.fsum(losses) / total
+        self.stats.fed_accuracy = math.fsum(hits) / total
         return MetricRecord({protocol.EVAL_LOSS: self.stats.fed_loss,
                              protocol.EVAL_ACC: self.stats.fed_accuracy})

@@ -1,0 +1,56 @@
+"""A Grid whose send_and_receive yields replies as they arrive.
+
+Flower's own `send_and_receive` returns only when every reply is in (or the
+timeout passes), so a round holds all sampled clients' payloads at once. This
+wrapper pulls continuously and yields each reply as soon as it is there; the
+strategy adds it to a running sum and drops it, so server memory does not grow with
+the number of clients sampled per round. Messages still unanswered at the timeout
+are counted (`last_timeouts`) for the round's failure statistics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+PULL_INTERVAL_S = 0.05
+
+
+class StreamingGrid:
+    """Delegates to a Flower Grid; only send_and_receive differs."""
+
+    def __init__(self, grid: Grid, *, pull_interval: float = PULL_INTERVAL_S) -> None:
+        self._grid = grid
+        self.pull_interval = pull_interval
+        self.last_timeouts: list[int] = []  # destination node ids that never replied
+
+    def __getattr__(self, name: str):
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> Iterator[Message]:
+        """Push all messages, then yield replies one by one as they arrive."""
+        messages = list(messages)
+        destinations = {}
+        ids = []
+        for msg_id, msg in zip(self._grid.push_messages(messages), messages, strict=True):
+            destinations[msg_id] = msg.metadata.dst_node_id
+            ids.append(msg_id)
+        del messages
+        return self._pull(set(ids), destinations, timeout)
+
+    def _pull(self, pending: set[str], destinations: dict[str, int],
+              timeout: float | None) -> Iterator[Message]:
+        self.last_timeouts = []
+        end = None if timeout is None else time.monotonic() + timeout
+        while pending and (end is None or time.monotonic() < end):
+            replies = list(self._grid.pull_messages(pending))
+            for reply in replies:
+                pending.discard(reply.metadata.reply_to_message_id)
+                yield reply
+            if not replies:
+                time.sleep(self.pull_interval)
+        self.last_timeouts = sorted(destinations[m] for m in pending)

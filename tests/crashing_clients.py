@@ -1,0 +1,34 @@
+"""ClientApps that fail at the process level, for fault-injection tests."""
+
+import os
+import time
+
+from flwr.clientapp import ClientApp
+
+from fedsim.client import app as real
+
+app = ClientApp()
+SLOW_CLIENT, DYING_CLIENT = 0, 1
+SLEEP_S = 12.0
+
+
+@app.query()
+def hello(msg, context):
+    return real.hello(msg, context)
+
+
+@app.evaluate()
+def evaluate(msg, context):
+    return real.evaluate_local(msg, context)
+
+
+@app.train()
+def train(msg, context):
+    """In round 1 client 0 sleeps past the round timeout, client 1 kills its worker."""
+    cid = real.client_id(context)
+    first_round = int(msg.content["config"]["server-round"]) == 1
+    if first_round and cid == SLOW_CLIENT:
+        time.sleep(SLEEP_S)
+    if first_round and cid == DYING_CLIENT:
+        os._exit(1)
+    return real.train(msg, context)

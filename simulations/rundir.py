@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import resource
 import tempfile
 import time
 from dataclasses import dataclass
@@ -157,6 +158,8 @@ class RunRecorder:
             "client_updates_per_s": updates / wall if wall > 0 else None,
             "bytes_sent": sum(r.get("bytes_sent", 0) for r in self.rows),
             "bytes_received": sum(r.get("bytes_received", 0) for r in self.rows),
+            # the driver process (ServerApp, strategy, aggregation); Ray workers apart
+            "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             **self.info,
             **(extra or {}),
         }

@@ -73,8 +73,9 @@ def backend_config(cfg: RunConfig, *, verbose: bool) -> dict:
     }
     if cfg.ray_address:
         init_args["address"] = cfg.ray_address
-    else:
-        init_args.update(num_cpus=os.cpu_count() or 1, include_dashboard=False)
+    else:  # always a fresh local Ray, even if a `ray start` cluster runs here
+        init_args.update(address="local", num_cpus=os.cpu_count() or 1,
+                         include_dashboard=False)
     return {"client_resources": client_resources(cfg), "init_args": init_args}
 
 

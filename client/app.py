@@ -13,6 +13,8 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsim import protocol
+from fedsim.client.local_data import client_data, train_size
+from fedsim.client.policy import make_site_guard
 from fedsim.client.training import (
     evaluate,
     resolve_device,
@@ -20,9 +22,10 @@ from fedsim.client.training import (
     train_epochs,
 )
 from fedsim.fedmodels.models import ModelSpec, build_model
-from fedsim.fedmodels.store import open_store
 
-app = ClientApp()
+# The site guard refuses runs that break the site's policy before any training, and
+# turns site errors (missing data, bad key files) into one-line error replies.
+app = ClientApp(mods=[make_site_guard(train_size)])
 
 
 def client_id(context: Context) -> int:
@@ -54,13 +57,6 @@ def _receive_model(msg: Message, settings: dict, he_ctx) -> torch.nn.Module:
 
         model.load_state_dict(global_state(record, model, he_ctx))
     return model
-
-
-def _data_dir(msg: Message, context: Context) -> str:
-    config = msg.content[protocol.CONFIG]
-    if "data-dir" in context.node_config:
-        return str(context.node_config["data-dir"])
-    return str(config[protocol.DATA_DIR])
 
 
 def _reply(msg: Message, metrics: dict, model: torch.nn.Module | None, settings: dict,
@@ -112,7 +108,7 @@ def train(msg: Message, context: Context) -> Message:
     settings = _settings(msg)
     he_ctx = _he_context(settings, context)
     model = _receive_model(msg, settings, he_ctx)
-    x, y = open_store(_data_dir(msg, context)).client_data(cid, "train")
+    x, y = client_data(msg, context, cid, "train")
     result, extra = _local_training(model, x, y, settings, context, msg, cid)
     metrics = {protocol.NUM_EXAMPLES: len(y), protocol.CLIENT_ID: cid, **extra}
     if result is None:  # DP budget exhausted: nothing trained, nothing released
@@ -128,7 +124,7 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     cid = client_id(context)
     settings = _settings(msg)
     model = _receive_model(msg, settings, _he_context(settings, context))
-    x, y = open_store(_data_dir(msg, context)).client_data(cid, "val")
+    x, y = client_data(msg, context, cid, "val")
     loss, acc = evaluate(model, x, y, device=resolve_device(settings["device"]))
     metrics = MetricRecord({
         protocol.NUM_EXAMPLES: len(y),

@@ -76,3 +76,8 @@ def is_encrypted(record: ArrayRecord) -> bool:
 
 
 DP_HISTORY = "dp-history"  # ConfigRecord: JSON list of this client's recorded steps
+
+
+# Error codes a client puts on an error reply (Flower's Error.code)
+POLICY_REFUSED = 100  # a site's policy refused the run before any training
+SITE_ERROR = 101  # a site could not produce a reply (its data, its keys)

@@ -55,6 +55,7 @@ def client_settings(plan: ServerPlan) -> dict:
     cfg = plan.config
     settings = {
         "model": plan.model.to_dict(),
+        "dataset": cfg.dataset,
         "local_epochs": cfg.local_epochs,
         "batch_size": cfg.batch_size,
         "lr": cfg.lr,

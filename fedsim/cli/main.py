@@ -26,7 +26,7 @@ def _root() -> None:
 
 
 def _register() -> None:
-    from fedsim.cli import catalog, keys, privacy, report, run
+    from fedsim.cli import catalog, certs, deploy, keys, privacy, report, run
 
     app.command("run", help=run.__doc__)(run.run)
     app.command("models", help=catalog.models.__doc__)(catalog.models)
@@ -34,6 +34,8 @@ def _register() -> None:
     app.command("report", help=report.report.__doc__)(report.report)
     app.add_typer(keys.app, name="keys")
     app.add_typer(privacy.app, name="privacy")
+    app.add_typer(certs.app, name="certs")
+    app.add_typer(deploy.app, name="deploy")
 
 
 _register()

@@ -39,6 +39,7 @@ class RoundStats:
     rejected: int = 0
     failed: int = 0
     timed_out: int = 0
+    policy_refused: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
     train_loss: float | None = None
@@ -120,6 +121,8 @@ class FedsimFedAvg(FedAvg):
         reason = short_reason(verdict.reason)
         if verdict.kind == "failed":
             self.stats.failed += 1
+            if msg.has_error() and msg.error.code == protocol.POLICY_REFUSED:
+                self.stats.policy_refused += 1
             log.warning("round %d %s: client %s failed: %s",
                         self.stats.round, stage, who, reason)
         else:

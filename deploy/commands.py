@@ -1,0 +1,157 @@
+"""The command lines of a deployment, in one place.
+
+docker-compose.yml runs exactly these argv lists (with the container paths of
+`CONTAINER`), and the integration test runs them with its own temporary paths and
+free ports; tests/test_compose.py checks the two agree. Nothing here starts a
+process.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+SUPERLINK_PORT = 9093  # one HTTPS port: Fleet, Control and Runtime APIs (Flower 1.41)
+SUPERNODE_RUNTIME_PORT = 9094  # each SuperNode's Runtime API, on its loopback only
+
+
+@dataclass(frozen=True, kw_only=True)
+class SuperLinkSetup:
+    """Where the SuperLink finds its TLS files and keeps its state."""
+
+    ca: str
+    cert: str
+    key: str
+    database: str
+    host: str = "0.0.0.0"
+    port: int = SUPERLINK_PORT
+
+
+@dataclass(frozen=True, kw_only=True)
+class SiteSetup:
+    """One site's SuperNode: how it reaches the SuperLink and its own files."""
+
+    superlink: str  # host:port
+    ca: str | None  # None: no --root-certificates (the system trust store)
+    node_key: str
+    partition_id: int
+    data_dir: str
+    policy: str | None = None
+    he_key: str | None = None
+    runtime_port: int = SUPERNODE_RUNTIME_PORT
+
+
+def superlink_argv(setup: SuperLinkSetup) -> list[str]:
+    """`flower-superlink` with TLS, SuperNode authentication and a state database.
+
+    The ServerApp runs in Flower's default `subprocess` isolation (the SuperLink
+    starts it), from the packages installed in the image: nothing is installed at
+    run time.
+    """
+    return [
+        "flower-superlink",
+        "--ssl-ca-certfile", setup.ca,
+        "--ssl-certfile", setup.cert,
+        "--ssl-keyfile", setup.key,
+        "--enable-supernode-auth",
+        "--host", setup.host,
+        "--port", str(setup.port),
+        "--database", setup.database,
+        "--isolation", "subprocess",
+        "--disable-runtime-dependency-installation",
+    ]
+
+
+def node_config(setup: SiteSetup) -> str:
+    """The `--node-config` string: client id, data folder, policy and HE key paths."""
+    items = [f"partition-id={setup.partition_id}", f'data-dir="{setup.data_dir}"']
+    if setup.policy is not None:
+        items.append(f'policy="{setup.policy}"')
+    if setup.he_key is not None:
+        items.append(f'he-key="{setup.he_key}"')
+    return " ".join(items)
+
+
+def supernode_argv(setup: SiteSetup) -> list[str]:
+    """`flower-supernode` authenticating with its key over TLS to the SuperLink."""
+    argv = ["flower-supernode", "--superlink", setup.superlink]
+    if setup.ca is not None:
+        argv += ["--root-certificates", setup.ca]
+    return argv + [
+        "--auth-supernode-private-key", setup.node_key,
+        "--node-config", node_config(setup),
+        "--isolation", "subprocess",
+        "--host", "127.0.0.1",
+        "--port", str(setup.runtime_port),
+    ]
+
+
+def enroll_argv(*, superlink: str, ca: str, keys_dir: str,
+                python: str = "python") -> list[str]:
+    """Register every site public key in `keys_dir` at the SuperLink (idempotent)."""
+    return [python, "-m", "fedsim", "deploy", "enroll", "--superlink", superlink,
+            "--ca", ca, keys_dir]
+
+
+def health_argv(url: str, *, ca: str | None = None,
+                python: str = "python") -> list[str]:
+    """Exit 0 when `url` answers 200 (Flower's /health), else 1; the health checks."""
+    argv = [python, "-m", "fedsim.deploy.health", url]
+    return argv + (["--ca", ca] if ca is not None else [])
+
+
+def superlink_health_url(host: str = "127.0.0.1", port: int = SUPERLINK_PORT) -> str:
+    """The SuperLink's own health endpoint (HTTPS, verified against the CA)."""
+    return f"https://{host}:{port}/health"
+
+
+def supernode_health_url(port: int = SUPERNODE_RUNTIME_PORT) -> str:
+    """A SuperNode's Runtime API health endpoint (plain HTTP on its loopback)."""
+    return f"http://127.0.0.1:{port}/health"
+
+
+def this_python() -> str:
+    """The interpreter running now (tests run the commands with it)."""
+    return sys.executable
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerPaths:
+    """Where docker-compose.yml mounts each file inside the containers."""
+
+    ca: str = "/fedsim/certs/ca.crt"
+    server_cert: str = "/fedsim/certs/superlink/server.crt"
+    server_key: str = "/fedsim/certs/superlink/server.key"
+    database: str = "/fedsim/state/superlink.db"
+    public_keys: str = "/fedsim/enroll"
+    he_context: str = "/fedsim/he/server.ctx"
+    runs: str = "/fedsim/runs"
+    node_key: str = "/fedsim/site/key/node.key"
+    data_dir: str = "/fedsim/data"
+    policy: str = "/fedsim/site/policy/policy.toml"
+    he_key: str = "/fedsim/he/client.key"
+    superlink_address: str = f"superlink:{SUPERLINK_PORT}"
+
+
+CONTAINER = ContainerPaths()
+
+
+def compose_superlink() -> list[str]:
+    """The SuperLink service's command in docker-compose.yml."""
+    return superlink_argv(SuperLinkSetup(ca=CONTAINER.ca, cert=CONTAINER.server_cert,
+                                         key=CONTAINER.server_key,
+                                         database=CONTAINER.database))
+
+
+def compose_site(partition_id: int) -> list[str]:
+    """A site service's command in docker-compose.yml."""
+    return supernode_argv(SiteSetup(
+        superlink=CONTAINER.superlink_address, ca=CONTAINER.ca,
+        node_key=CONTAINER.node_key, partition_id=partition_id,
+        data_dir=CONTAINER.data_dir, policy=CONTAINER.policy, he_key=CONTAINER.he_key))
+
+
+def compose_enroll() -> list[str]:
+    """The one-shot enrollment service's command in docker-compose.yml."""
+    return enroll_argv(superlink=CONTAINER.superlink_address, ca=CONTAINER.ca,
+                       keys_dir=CONTAINER.public_keys)

@@ -1,0 +1,176 @@
+"""`fedsim deploy`: run fedsim on a real Flower deployment (SuperLink + SuperNodes).
+
+`enroll` registers the sites' public keys at the SuperLink; `submit` validates the
+run options exactly as `fedsim run` does, starts the run with `flwr run` on the
+deploy app, and (with --wait --out) copies the finished run folder from the
+server's runs folder and writes its report; `status` and `collect` do those steps
+alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="Run fedsim on a Flower deployment: enroll sites, submit runs, collect results.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+SuperLinkOpt = Annotated[str, typer.Option(
+    "--superlink", help="SuperLink address HOST:PORT (its one HTTPS port).")]
+CAOpt = Annotated[Path, typer.Option(
+    "--ca", help="CA certificate (ca.crt of `fedsim certs init`) to verify the SuperLink.")]
+
+
+def _connection(superlink: str, ca: Path):
+    from fedsim.deploy.flwr_cli import Connection
+
+    return Connection(address=superlink, ca=ca)
+
+
+@app.command("enroll")
+def enroll(
+    keys: Annotated[Path, typer.Argument(help="Folder of site public keys (*.pub).")],
+    superlink: SuperLinkOpt,
+    ca: CAOpt,
+) -> None:
+    """Register every site public key at the SuperLink (already registered: fine)."""
+    from fedsim.deploy.control import enroll as enroll_keys
+
+    for name, outcome in enroll_keys(_connection(superlink, ca), keys):
+        Console().print(f"{name}: {outcome}", highlight=False)
+
+
+@app.command("status")
+def status(
+    run_id: Annotated[int, typer.Argument(help="The run id `submit` printed.")],
+    superlink: SuperLinkOpt,
+    ca: CAOpt,
+) -> None:
+    """Show a run's status as the SuperLink reports it."""
+    from fedsim.deploy.control import run_state
+
+    state = run_state(_connection(superlink, ca), run_id)
+    details = f" ({state.details})" if state.details else ""
+    Console().print(f"run {run_id}: {state.status}{details}", highlight=False)
+
+
+@app.command("log")
+def log(
+    run_id: Annotated[int, typer.Argument(help="The run id `submit` printed.")],
+    superlink: SuperLinkOpt,
+    ca: CAOpt,
+) -> None:
+    """Print the ServerApp's log of a run (rounds, failed and refused sites)."""
+    from fedsim.deploy.control import run_log
+
+    typer.echo(run_log(_connection(superlink, ca), run_id))
+
+
+@app.command("collect")
+def collect(
+    source: Annotated[Path, typer.Option(
+        "--from", help="The run folder under the server's runs folder.")],
+    out: Annotated[Path, typer.Option(help="Empty folder to copy the run into.")],
+) -> None:
+    """Copy a finished run folder here and write its report."""
+    from fedsim.cli.report import write_report
+    from fedsim.deploy.control import collect as copy_run
+
+    write_report(copy_run(source, out))
+
+
+_RUN_OPTIONS = ("clients", "rounds", "fraction", "local_epochs", "batch_size", "lr",
+                "model", "dataset", "val_fraction", "seed", "device", "round_timeout",
+                "min_clients", "max_len", "dp", "noise_multiplier", "target_epsilon",
+                "max_grad_norm", "delta", "accountant", "epsilon_budget", "secure_agg")
+_DEPLOY_OPTIONS = {"run_name": "run-name", "server_out": "out",
+                   "he_context": "he-context", "input_shape": "input-shape",
+                   "num_classes": "num-classes"}
+
+
+def _overrides(given: dict[str, Any], config: Path | None, app_dir: Path
+               ) -> dict[str, Any]:
+    """The options given (TOML file, then flags) as checked run-config overrides.
+
+    Options not given keep the app's defaults (deploy/pyproject.toml), which is
+    what the server will use too.
+    """
+    from fedsim.config import read_config_file
+    from fedsim.deploy.runconfig import app_defaults, overrides_for
+
+    values: dict[str, Any] = dict(read_config_file(config)) if config else {}
+    values.update({k: given[k] for k in _RUN_OPTIONS if given[k] is not None})
+    values.update({key: given[name] for name, key in _DEPLOY_OPTIONS.items()
+                   if given[name] is not None})
+    return overrides_for(app_defaults(app_dir), values)
+
+
+@app.command("submit")
+def submit(
+    superlink: SuperLinkOpt,
+    ca: CAOpt,
+    clients: Annotated[int | None, typer.Option(help="SuperNodes the server waits for.")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Federated rounds.")] = None,
+    fraction: Annotated[float | None, typer.Option(help="Fraction of clients per round.")] = None,
+    local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Local batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Local SGD learning rate.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name (see `fedsim models`).")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset the sites hold (its format and classes).")] = None,
+    val_fraction: Annotated[float | None, typer.Option(help="Share of each site's data kept for validation.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for sampling, splits and training.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda on the sites.")] = None,
+    round_timeout: Annotated[float | None, typer.Option(help="Seconds to wait for replies each round.")] = None,
+    min_clients: Annotated[int | None, typer.Option(help="End when fewer clients than this can train.")] = None,
+    max_len: Annotated[int | None, typer.Option(help="Text models: tokens per example.")] = None,
+    dp: Annotated[bool | None, typer.Option("--dp/--no-dp", help="Sample-level DP-SGD on every site.")] = None,
+    noise_multiplier: Annotated[float | None, typer.Option(help="DP-SGD noise multiplier.")] = None,
+    target_epsilon: Annotated[float | None, typer.Option(help="Calibrate noise to this epsilon.")] = None,
+    max_grad_norm: Annotated[float | None, typer.Option(help="DP-SGD clipping norm.")] = None,
+    delta: Annotated[float | None, typer.Option(help="DP delta.")] = None,
+    accountant: Annotated[str | None, typer.Option(help="rdp, prv or gdp.")] = None,
+    epsilon_budget: Annotated[float | None, typer.Option(help="Per-site epsilon budget.")] = None,
+    secure_agg: Annotated[str | None, typer.Option(help="none, or he (CKKS).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML file with these options.")] = None,
+    run_name: Annotated[str | None, typer.Option(help="Run folder name on the server [default: run-<id>].")] = None,
+    server_out: Annotated[str | None, typer.Option(help="Runs folder on the server [default: the app's `out`].")] = None,
+    he_context: Annotated[str | None, typer.Option(help="server.ctx path on the server (HE).")] = None,
+    input_shape: Annotated[str | None, typer.Option(help="C,H,W for datasets without a fixed shape.")] = None,
+    num_classes: Annotated[int | None, typer.Option(help="Classes, for datasets without a fixed count.")] = None,
+    app_dir: Annotated[Path | None, typer.Option("--app", help="Flower App folder [default: fedsim's deploy/].")] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the run finishes.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 3600.0,
+    runs: Annotated[Path | None, typer.Option(help="The server's runs folder as seen from here (to collect).")] = None,
+    out: Annotated[Path | None, typer.Option(help="With --wait: copy the run folder here and write its report.")] = None,
+) -> None:
+    """Validate the options like `fedsim run`, then start the run on the SuperLink."""
+    from fedsim.deploy.flwr_cli import DeployError
+    from fedsim.deploy.control import app_folder, wait_for
+    from fedsim.deploy.control import submit as submit_run
+
+    if out is not None and not (wait and runs is not None):
+        raise DeployError("--out copies the finished run: also give --wait and "
+                          "--runs (the server's runs folder as seen from here)")
+    app_dir = app_dir or app_folder()
+    items = _overrides(dict(locals()), config, app_dir)
+    conn = _connection(superlink, ca)
+    run_id = submit_run(conn, items, app=app_dir)
+    folder = run_name or f"run-{run_id}"
+    console = Console(highlight=False)
+    where = f"{server_out}/{folder}" if server_out else f"{folder} in the server's runs"
+    console.print(f"run {run_id} started; its folder: {where}")
+    if not wait:
+        return
+    state = wait_for(conn, run_id, timeout=timeout)
+    console.print(f"run {run_id}: {state.status}")
+    if not state.completed:
+        why = state.details or "see `fedsim deploy log`"
+        raise DeployError(f"run {run_id} ended {state.status}: {why}")
+    if out is not None:
+        collect(source=runs / folder, out=out)

@@ -7,6 +7,7 @@ over every round this client trained in. The server's ledger keeps the durable c
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 
@@ -65,9 +66,16 @@ def noise_for(dp: dict, *, n: int, batch_size: int, local_epochs: int, rounds: i
         return float(dp["noise_multiplier"])
     steps = steps_per_participation(n, batch_size, local_epochs)
     total = steps * expected_participations(rounds, fraction)
-    return calibrate_noise(target_epsilon=float(dp["target_epsilon"]),
-                           delta=client_delta(dp, n), sample_rate=sample_rate(n, batch_size),
-                           steps=total, accountant=dp["accountant"])
+    return _calibrated(float(dp["target_epsilon"]), client_delta(dp, n),
+                       sample_rate(n, batch_size), total, dp["accountant"])
+
+
+@functools.lru_cache(maxsize=256)
+def _calibrated(target: float, delta: float, rate: float, steps: int, accountant: str
+                ) -> float:
+    """Calibration is a pure (and slow) search: one per worker and setting."""
+    return calibrate_noise(target_epsilon=target, delta=delta, sample_rate=rate,
+                           steps=steps, accountant=accountant)
 
 
 def known_history(context: Context, server_history: str | None

@@ -16,9 +16,9 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
 from fedsim import protocol
-from fedsim.protocol import ciphertext_blobs, encrypted_record, is_encrypted
 from fedsim.privacy.he import decrypt_average, encrypt_update
 from fedsim.privacy.keys import load_client_context
+from fedsim.protocol import ciphertext_blobs, encrypted_record, is_encrypted
 
 PASSPHRASE_ENV = "FEDSIM_HE_PASSPHRASE"
 
@@ -44,10 +44,26 @@ def context_for(he: dict, node_config) -> object:
     return secret_context(key_path, he.get("passphrase_file"), he["fingerprint"])
 
 
+_DECRYPTED: dict[str, OrderedDict] = {}  # per worker process: last global decrypted
+
+
 def global_state(record: ArrayRecord, model: torch.nn.Module, ctx) -> OrderedDict:
-    """The plaintext global state: as sent, or decrypted and divided by the weight."""
+    """The plaintext global state: as sent, or decrypted and divided by the weight.
+
+    A simulation worker serves many clients of the same round, all sent the same
+    encrypted global; it is decrypted once (keyed by Flower's content hash of the
+    record) and reused.
+    """
     if not is_encrypted(record):
         return record.to_torch_state_dict()
+    key = record.object_id
+    if key not in _DECRYPTED:
+        _DECRYPTED.clear()
+        _DECRYPTED[key] = _decrypt(record, model, ctx)
+    return OrderedDict((k, v.clone()) for k, v in _DECRYPTED[key].items())
+
+
+def _decrypt(record: ArrayRecord, model: torch.nn.Module, ctx) -> OrderedDict:
     reference = model.state_dict()
     total = float(record[protocol.HE_TOTAL_WEIGHT].numpy()[0])
     arrays = decrypt_average(ctx, ciphertext_blobs(record),

@@ -15,12 +15,12 @@ from fedsim.client.training import evaluate, resolve_device
 from fedsim.config import RunConfig
 from fedsim.fedmodels.models import ModelSpec, build_model
 from fedsim.fedmodels.store import open_store
-from fedsim.server.federation import discover
-from fedsim.server.hooks import RoundListener
 from fedsim.protocol import is_encrypted
 from fedsim.server.codecs import PlainCodec
-from fedsim.server.streaming import StreamingGrid
+from fedsim.server.federation import discover
+from fedsim.server.hooks import RoundListener
 from fedsim.server.strategies.fedavg import FedsimFedAvg
+from fedsim.server.streaming import StreamingGrid
 
 log = logging.getLogger("fedsim.server")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, Message
 
 from fedsim import protocol
-from fedsim.protocol import ciphertext_blobs, encrypted_record, is_encrypted
 from fedsim.privacy.he import CiphertextError, load_ciphertexts, serialize_vectors
+from fedsim.protocol import ciphertext_blobs, encrypted_record, is_encrypted
 from fedsim.server.aggregate import Accumulator
 from fedsim.server.codecs import Rejected
 

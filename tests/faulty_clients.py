@@ -1,7 +1,7 @@
 """ClientApps that misbehave on purpose, for tests of the server's defences."""
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsim import protocol

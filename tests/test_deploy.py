@@ -29,9 +29,9 @@ import torch
 from fedsim.client.local_data import SiteSpec, hashed_ids, site_data
 from fedsim.deploy import commands
 from fedsim.deploy.app import he_plan
+from fedsim.deploy.control import app_folder, run_config_arg
 from fedsim.deploy.flwr_cli import Connection, connection_toml
 from fedsim.deploy.health import probe
-from fedsim.deploy.control import app_folder, run_config_arg
 from fedsim.deploy.pki import CertLayout, CertPlan, init_certs, write_node_keys
 from fedsim.deploy.runconfig import app_defaults, deploy_plan, model_spec, overrides_for
 from fedsim.errors import ConfigError, DatasetError

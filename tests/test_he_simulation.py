@@ -7,8 +7,8 @@ import pytest
 
 from fedsim.config import build_config
 from fedsim.fedmodels.models import ModelSpec
-from fedsim.privacy.keys import key_info, provision
 from fedsim.privacy.he import PARAMETER_SETS
+from fedsim.privacy.keys import key_info, provision
 from fedsim.privacy.ledger import PrivacyLedger
 from fedsim.server.app import HEPlan, ServerPlan, make_codec
 from fedsim.simulations.runner import simulate

@@ -150,9 +150,9 @@ def submit(
     out: Annotated[Path | None, typer.Option(help="With --wait: copy the run folder here and write its report.")] = None,
 ) -> None:
     """Validate the options like `fedsim run`, then start the run on the SuperLink."""
-    from fedsim.deploy.flwr_cli import DeployError
     from fedsim.deploy.control import app_folder, wait_for
     from fedsim.deploy.control import submit as submit_run
+    from fedsim.deploy.flwr_cli import DeployError
 
     if out is not None and not (wait and runs is not None):
         raise DeployError("--out copies the finished run: also give --wait and "

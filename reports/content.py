@@ -166,7 +166,7 @@ def top_clients_section(run: RunData, clients: list[ClientPrivacy]) -> Section:
     if not clients:
         return Section(title=title, blocks=_dp_off_blocks(run))
     rows = tuple((str(c.client_id), fmt(c.last.epsilon), fmt(c.last.delta),
-                  fmt(c.last.budget), fmt(c.remaining), str(len(c.records)),
+                  fmt(c.last.budget), fmt(c.remaining), str(c.participations),
                   str(c.released_updates),
                   str(sum(r.steps for r in c.records)),
                   _train_examples(run, c.client_id),

@@ -31,8 +31,18 @@ class ClientPrivacy:
 
     @property
     def last(self) -> LedgerRecord:
-        """The client's last ledger record: its final epsilon and settings."""
-        return self.records[-1]
+        """The client's last spending record: its final epsilon and DP settings.
+
+        A zero-step exhaustion marker carries the same epsilon but no DP settings,
+        so it is passed over (unless it is all the ledger has for the client).
+        """
+        spent = [r for r in self.records if r.steps > 0]
+        return spent[-1] if spent else self.records[-1]
+
+    @property
+    def participations(self) -> int:
+        """Rounds the client trained in (exhaustion markers excluded)."""
+        return sum(1 for r in self.records if r.steps > 0)
 
     @property
     def exhausted_round(self) -> int | None:
@@ -141,7 +151,7 @@ def client_json(client: ClientPrivacy) -> dict[str, Any]:
         "noise_multiplier": last.noise_multiplier,
         "sample_rate": last.sample_rate,
         "steps": sum(r.steps for r in client.records),
-        "participations": len(client.records),
+        "participations": client.participations,
         "released_updates": client.released_updates,
         "budget": last.budget,
         "exhausted": client.exhausted_round is not None,

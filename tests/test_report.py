@@ -322,3 +322,18 @@ def test_compare_names_runs_without_dp(dp_runs, real_runs, tmp_path):
     text = written.html.read_text()
     assert f"DP was off in: {real_runs[0].name}." in text
     assert len(_page(text).images) == 2
+
+
+def test_exhaustion_marker_is_not_a_participation():
+    from fedsim.reports.load import LedgerRecord
+    from fedsim.reports.privacy import ClientPrivacy
+
+    def rec(rnd, steps, noise, released=True):
+        return LedgerRecord(round=rnd, client_id=0, noise_multiplier=noise, sample_rate=0.1,
+                            steps=steps, delta=1e-5, accountant="rdp", epsilon=2.5,
+                            budget=3.0, released=released)
+
+    client = ClientPrivacy(client_id=0, records=(rec(1, 10, 1.2), rec(2, 0, 0.0, False)))
+    assert client.participations == 1
+    assert client.last.noise_multiplier == 1.2
+    assert client.exhausted_round == 2

@@ -30,6 +30,7 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from fedsim.client.training import host_tensor
 from fedsim.errors import ConfigError
 
 GradSampleMode = Literal["ghost", "hooks"]
@@ -227,8 +228,8 @@ class PrivateTraining:
 
 
 def _dataset(x: np.ndarray, y: np.ndarray) -> TensorDataset:
-    features = torch.as_tensor(np.asarray(x))
-    labels = torch.as_tensor(np.asarray(y)).long()
+    features = host_tensor(x)
+    labels = host_tensor(y).long()
     return TensorDataset(features, labels)
 
 

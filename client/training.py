@@ -25,6 +25,11 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
+def host_tensor(array: np.ndarray) -> torch.Tensor:
+    """A CPU tensor over `array`; a read-only (memory-mapped) array is copied first."""
+    return torch.from_numpy(np.require(array, requirements=["C", "W"]))
+
+
 def seeded_generator(*seed_parts: int) -> torch.Generator:
     """A torch generator seeded from several integers (run seed, round, client)."""
     seed = int(np.random.SeedSequence(list(seed_parts)).generate_state(1)[0])
@@ -51,8 +56,8 @@ def train_epochs(
     """Minibatch SGD over (x, y) for `epochs` passes; returns the mean loss."""
     model.to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    features = torch.as_tensor(np.asarray(x)).to(device)
-    labels = torch.as_tensor(np.asarray(y)).to(device)
+    features = host_tensor(x).to(device)
+    labels = host_tensor(y).to(device)
     loss_fn = nn.CrossEntropyLoss()
     total, count, steps = 0.0, 0, 0
     for _ in range(epochs):
@@ -82,8 +87,8 @@ def evaluate(
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     total_loss, correct = 0.0, 0
     for start in range(0, len(y), batch_size):
-        xb = torch.as_tensor(np.asarray(x[start : start + batch_size])).to(device)
-        yb = torch.as_tensor(np.asarray(y[start : start + batch_size])).to(device)
+        xb = host_tensor(x[start : start + batch_size]).to(device)
+        yb = host_tensor(y[start : start + batch_size]).to(device)
         logits = model(xb)
         total_loss += float(loss_fn(logits, yb))
         correct += int((logits.argmax(dim=1) == yb).sum())

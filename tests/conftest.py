@@ -7,6 +7,7 @@ import pytest
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DP_BUDGET = 2.7  # small enough that clients of `budgeted_dp_run` run out mid-run
 
 
 def fedsim_cmd(*args: str) -> list[str]:
@@ -19,3 +20,21 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"team data folder {SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def budgeted_dp_run(tmp_path_factory):
+    """A real DP simulation whose epsilon budget stops clients before the last round.
+
+    Shared by the DP and report tests (one simulation for both).
+    """
+    from fedsim.config import build_config
+    from fedsim.simulations.runner import simulate
+
+    out = tmp_path_factory.mktemp("dp") / "run"
+    cfg = build_config({
+        "clients": 4, "rounds": 8, "fraction": 0.5, "local_epochs": 1, "batch_size": 16,
+        "seed": 3, "dp": True, "noise_multiplier": 1.2, "epsilon_budget": DP_BUDGET,
+        "out": str(out),
+    })
+    return simulate(cfg)

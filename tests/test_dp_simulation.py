@@ -10,23 +10,14 @@ import time
 import pytest
 from opacus.accountants import RDPAccountant
 
-from fedsim.config import build_config
 from fedsim.privacy.accounting import default_delta, epsilon, would_exceed
 from fedsim.privacy.ledger import PrivacyLedger
-from fedsim.simulations.runner import simulate
-
-BUDGET = 2.7
+from tests.conftest import DP_BUDGET as BUDGET
 
 
 @pytest.fixture(scope="module")
-def dp_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dp") / "run"
-    cfg = build_config({
-        "clients": 4, "rounds": 8, "fraction": 0.5, "local_epochs": 1, "batch_size": 16,
-        "seed": 3, "dp": True, "noise_multiplier": 1.2, "epsilon_budget": BUDGET,
-        "out": str(out),
-    })
-    return simulate(cfg)
+def dp_run(budgeted_dp_run):
+    return budgeted_dp_run
 
 
 def _rows(run_dir):

@@ -1,8 +1,7 @@
 """`fedsim report` on run folders from real short simulations.
 
-One real plain run and one real `--dp` run. A DP-looking copy of the plain run
-(tests/report_fixtures.py, a stopgap: ledger epsilons from Opacus' RDPAccountant)
-covers what the real DP server does not write yet: ledger records past the budget.
+One real plain run, one real `--dp` run without a budget, and the real `--dp` run
+with an epsilon budget that stops clients mid-run (shared with the DP tests).
 """
 
 import base64
@@ -27,7 +26,6 @@ from fedsim.reports.load import ReportError, load_run
 from fedsim.reports.plots import compare_figure
 from fedsim.reports.write import write_compare_report, write_run_report
 from fedsim.simulations.runner import simulate
-from tests.report_fixtures import dp_ledger, make_dp_looking
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -59,20 +57,11 @@ def _copy(run_dir: Path, dest: Path) -> Path:
     return dest
 
 
-def _dp_copy(run_dir: Path, dest: Path, noise: float = 1.1) -> Path:
-    """A DP-looking copy whose budget stops the client with the highest epsilon."""
-    dest = _copy(run_dir, dest)
-    ledger = dp_ledger(dest, noise_multiplier=noise)
-    finals = {r["client_id"]: r["epsilon"] for r in ledger}
-    budget = (min(finals.values()) + max(finals.values())) / 2
-    make_dp_looking(dest, noise_multiplier=noise, budget=budget)
-    return dest
-
-
 @pytest.fixture(scope="module")
-def dp_runs(real_runs, tmp_path_factory):
+def dp_runs(real_runs, budgeted_dp_run, tmp_path_factory):
+    """(the budgeted DP run, copied as dp_a; the DP run without a budget, dp_b)."""
     tmp = tmp_path_factory.mktemp("report_dp")
-    return _dp_copy(real_runs[0], tmp / "dp_a"), real_runs[1]
+    return _copy(budgeted_dp_run.run_dir, tmp / "dp_a"), real_runs[1]
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +75,10 @@ def _ledger_lines(run_dir: Path) -> list[dict]:
 
 
 def _exhausted_round(records: list[dict]) -> int | None:
+    """The round of a client's zero-step, unreleased marker: it was refused there."""
     for rec in records:
+        if rec["steps"] == 0 and not rec["released"]:
+            return rec["round"]
         if rec["budget"] is not None and rec["epsilon"] >= rec["budget"]:
             return rec["round"]
     return None
@@ -149,19 +141,20 @@ def test_privacy_json_numbers_are_the_ledgers(dp_runs, dp_report, which):
     fields = ("round", "epsilon", "steps", "noise_multiplier", "sample_rate",
               "released")
     for cid, records in by_client.items():
-        entry, last = privacy["clients"][str(cid)], records[-1]
+        trained = [r for r in records if r["steps"] > 0]
+        entry, last = privacy["clients"][str(cid)], (trained or records)[-1]
         assert entry["epsilon_by_round"] == [{k: r[k] for k in fields} for r in records]
-        assert entry["final_epsilon"] == last["epsilon"]
+        assert entry["final_epsilon"] == records[-1]["epsilon"] == last["epsilon"]
         for key in ("delta", "accountant", "noise_multiplier", "sample_rate", "budget"):
             assert entry[key] == last[key], key
         assert entry["steps"] == sum(r["steps"] for r in records)
-        assert entry["participations"] == len(records)
+        assert entry["participations"] == len(trained)
         assert entry["released_updates"] == sum(r["released"] for r in records)
         assert entry["exhausted_round"] == _exhausted_round(records)
         assert entry["exhausted"] == (_exhausted_round(records) is not None)
     exhausted = sorted(c for c, recs in by_client.items() if _exhausted_round(recs))
     assert privacy["exhausted_clients"] == exhausted
-    assert exhausted or which == 1  # the real DP server records no refusal yet
+    assert bool(exhausted) == (which == 0)  # only dp_a has a budget it runs out of
     top = max(ledger, key=lambda r: r["epsilon"])
     assert privacy["max_final_epsilon"]["epsilon"] == top["epsilon"]
     assert privacy["delta"] == ledger[0]["delta"] and privacy["accountant"] == "rdp"

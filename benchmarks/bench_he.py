@@ -1,14 +1,17 @@
 """CKKS secure aggregation vs plaintext FedAvg: wire size, time, error.
 
 For each model (the FedAvg MNIST CNN, 1,663,370 parameters, and the default digits
-CNN, 188,810) and each HE parameter set, a few clients encrypt weight*update, the
-server (public context only) deserializes and adds each update, and the sum is
+CNN, 188,810), each HE parameter set and each key mode (`symmetric`: clients encrypt
+with the secret key, what `fedsim keys init` provisions; `public-key`: with a public
+key), a few clients encrypt weight*update, the server (no secret key) deserializes
+and adds each update, and the sum is
 decrypted and divided on the client side. The same updates are averaged in
 plaintext (numpy, float64 weighted sum) in the same run. Times are medians over the
 clients; the machine's cores may be shared, so compare rows of one run.
 
     python benchmarks/bench_he.py [--clients 3] [--sets default compact]
-                                  [--models mnist digits] [--json out.json]
+                                  [--models mnist digits]
+                                  [--modes symmetric public-key] [--json out.json]
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from fedsim.privacy import he
 from fedsim.server.aggregate import Accumulator, fedavg, weighted, weighted_average
 
 MODELS = {"mnist": (1, 28, 28), "digits": (1, 8, 8)}
+MODES = ("symmetric", "public-key")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,32 +67,36 @@ def client_updates(base, clients: int, seed: int = 0):
     return updates, weights
 
 
-def run_he(name, params, updates, weights, reference) -> Row:
-    secret = he.create_context(params)
-    public = he.load_public_context(he.public_context_bytes(secret))
+def run_he(name, params, mode, updates, weights, reference) -> Row:
+    secret = he.create_context(params, symmetric=mode == "symmetric")
+    server_bytes = he.public_context_bytes(secret)
+    public = he.load_public_context(server_bytes)
+    fp = he.fingerprint(server_bytes, b"benchmark key id")
     shapes = [a.shape for a in updates[0]]
     num = sum(a.size for a in updates[0])
     count = he.expected_vector_count(num, params)
     acc, enc, agg, size = Accumulator(), [], [], 0
     for update, weight in zip(updates, weights, strict=True):
         t0 = time.perf_counter()
-        blobs = he.encrypt_update(secret, update, weight)
+        blobs = he.encrypt_update(secret, update, weight, fingerprint=fp)
         t1 = time.perf_counter()
-        acc.add(he.load_ciphertexts(public, blobs, expected_count=count), weight)
+        acc.add(he.load_ciphertexts(public, blobs, expected_count=count, fingerprint=fp),
+                weight)
         agg.append(time.perf_counter() - t1)
         enc.append(t1 - t0)
         size = sum(len(b) for b in blobs)
-    summed = he.serialize_vectors(acc.total)
+    summed = he.serialize_vectors(acc.total, fingerprint=fp)
     t0 = time.perf_counter()
-    avg = he.decrypt_average(secret, summed, shapes=shapes, total_weight=acc.weight)
+    avg = he.decrypt_average(secret, summed, shapes=shapes, total_weight=acc.weight,
+                             fingerprint=fp)
     dec = time.perf_counter() - t0
-    vectors = he.load_ciphertexts(secret, summed, expected_count=count)
+    vectors = he.load_ciphertexts(secret, summed, expected_count=count, fingerprint=fp)
     flat = np.concatenate([np.asarray(v.decrypt()) for v in vectors]) / acc.weight
     exact = np.concatenate([r.ravel() for r in reference["f64"]])
     return Row(
         model=name,
         params=num,
-        scheme=params.name,
+        scheme=f"{params.name} ({mode})",
         security=f"{params.security}-bit",
         vectors=count,
         bytes_per_param=size / num,
@@ -149,6 +157,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--sets", nargs="+", default=list(he.PARAMETER_SETS))
     parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--json", default=None, help="also write the rows here")
     args = parser.parse_args()
     rows = []
@@ -158,7 +167,8 @@ def main() -> None:
         rows.append(plain)
         for set_name in args.sets:
             params = he.get_params(set_name)
-            rows.append(run_he(name, params, updates, weights, reference))
+            for mode in args.modes:
+                rows.append(run_he(name, params, mode, updates, weights, reference))
     Console(width=200).print(table(rows))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:

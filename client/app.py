@@ -67,8 +67,7 @@ def _reply(msg: Message, metrics: dict, model: torch.nn.Module | None, settings:
     elif model is not None:
         from fedsim.client.he_step import encrypted_reply
 
-        arrays, he_config = encrypted_reply(model.cpu(), weight, he_ctx,
-                                            settings["he"]["fingerprint"])
+        arrays, he_config = encrypted_reply(model.cpu(), weight, he_ctx)
         content[protocol.ARRAYS] = arrays
         content[protocol.HE_CONFIG] = he_config
     return Message(content, reply_to=msg)

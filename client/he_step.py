@@ -10,6 +10,7 @@ import functools
 import os
 from collections import OrderedDict
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -23,6 +24,13 @@ from fedsim.protocol import ciphertext_blobs, encrypted_record, is_encrypted
 PASSPHRASE_ENV = "FEDSIM_HE_PASSPHRASE"
 
 
+class ClientKeys(NamedTuple):
+    """The secret context and the fingerprint of the key set it belongs to."""
+
+    context: object
+    fingerprint: str
+
+
 def _passphrase(passphrase_file: str | None) -> str:
     if os.environ.get(PASSPHRASE_ENV):
         return os.environ[PASSPHRASE_ENV]
@@ -32,13 +40,15 @@ def _passphrase(passphrase_file: str | None) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def secret_context(key_path: str, passphrase_file: str | None, fingerprint: str):
+def secret_context(key_path: str, passphrase_file: str | None, fingerprint: str
+                   ) -> ClientKeys:
     """The client's secret TenSEAL context, checked against the run's fingerprint."""
-    return load_client_context(key_path, _passphrase(passphrase_file),
-                               expect_fingerprint=fingerprint)
+    ctx = load_client_context(key_path, _passphrase(passphrase_file),
+                              expect_fingerprint=fingerprint)
+    return ClientKeys(context=ctx, fingerprint=fingerprint)
 
 
-def context_for(he: dict, node_config) -> object:
+def context_for(he: dict, node_config) -> ClientKeys:
     """Resolve the key file (a site's node config wins over the run's default)."""
     key_path = str(node_config.get("he-key", he["key_path"]))
     return secret_context(key_path, he.get("passphrase_file"), he["fingerprint"])
@@ -47,7 +57,8 @@ def context_for(he: dict, node_config) -> object:
 _DECRYPTED: dict[str, OrderedDict] = {}  # per worker process: last global decrypted
 
 
-def global_state(record: ArrayRecord, model: torch.nn.Module, ctx) -> OrderedDict:
+def global_state(record: ArrayRecord, model: torch.nn.Module, keys: ClientKeys
+                 ) -> OrderedDict:
     """The plaintext global state: as sent, or decrypted and divided by the weight.
 
     A simulation worker serves many clients of the same round, all sent the same
@@ -59,24 +70,25 @@ def global_state(record: ArrayRecord, model: torch.nn.Module, ctx) -> OrderedDic
     key = record.object_id
     if key not in _DECRYPTED:
         _DECRYPTED.clear()
-        _DECRYPTED[key] = _decrypt(record, model, ctx)
+        _DECRYPTED[key] = _decrypt(record, model, keys)
     return OrderedDict((k, v.clone()) for k, v in _DECRYPTED[key].items())
 
 
-def _decrypt(record: ArrayRecord, model: torch.nn.Module, ctx) -> OrderedDict:
+def _decrypt(record: ArrayRecord, model: torch.nn.Module, keys: ClientKeys
+             ) -> OrderedDict:
     reference = model.state_dict()
     total = float(record[protocol.HE_TOTAL_WEIGHT].numpy()[0])
-    arrays = decrypt_average(ctx, ciphertext_blobs(record),
+    arrays = decrypt_average(keys.context, ciphertext_blobs(record),
                              shapes=[tuple(t.shape) for t in reference.values()],
-                             total_weight=total)
+                             total_weight=total, fingerprint=keys.fingerprint)
     return OrderedDict((k, torch.from_numpy(np.asarray(a, dtype=np.float32)))
                        for k, a in zip(reference.keys(), arrays, strict=True))
 
 
-def encrypted_reply(model: torch.nn.Module, weight: float, ctx, fingerprint: str
+def encrypted_reply(model: torch.nn.Module, weight: float, keys: ClientKeys
                     ) -> tuple[ArrayRecord, ConfigRecord]:
     """The weighted update as ciphertexts, and the fingerprint they were made under."""
     arrays = [t.detach().cpu().numpy() for t in model.state_dict().values()]
-    blobs = encrypt_update(ctx, arrays, weight)
+    blobs = encrypt_update(keys.context, arrays, weight, fingerprint=keys.fingerprint)
     return (encrypted_record(blobs, None),
-            ConfigRecord({protocol.HE_FINGERPRINT: fingerprint}))
+            ConfigRecord({protocol.HE_FINGERPRINT: keys.fingerprint}))

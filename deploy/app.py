@@ -27,7 +27,7 @@ __all__ = ["client_app", "server_app"]
 
 
 def he_plan(plan: DeployPlan) -> HEPlan | None:
-    """The server's HE view: the mounted public context and its fingerprint."""
+    """The server's HE view: the mounted server.ctx and its fingerprint."""
     if plan.config.secure_agg != "he":
         return None
     if plan.he_context is None:

@@ -26,8 +26,15 @@ same limits SEAL enforces; `total bits` counts every prime, special prime includ
   1 stays 15x under the 1e-5 target. A 48-bit prime would save ~3 B/param but leave
   no scale that meets both the capacity and the error target.
 
-Wire format of one ciphertext: ``b"FSCK"``, a version byte, the 32-byte SHA-256
-fingerprint of the public context it was made under, a 16-byte BLAKE2b checksum of
+Key modes: a public-key context (clients encrypt with the public key; the server
+context carries it, and its fingerprint is SHA-256 of the serialized public
+context) or a symmetric-key context, what `fedsim keys init` provisions (clients
+encrypt with the secret key: ~0.6x the encryption time, a third of the fresh noise;
+the server context carries no key at all, and the key set's fingerprint comes from
+the key files, passed to the codec as `fingerprint=`).
+
+Wire format of one ciphertext: ``b"FSCK"``, a version byte, the 32-byte key-set
+fingerprint it was made under, a 16-byte BLAKE2b checksum of
 the payload, then TenSEAL's serialized CKKSVector (53 bytes of framing per ~62 KiB).
 TenSEAL itself only notices a ciphertext from *different parameters*: two contexts
 with the same parameters but different keys load each other's ciphertexts silently
@@ -202,21 +209,42 @@ def get_params(name: str) -> HEParams:
 # --- contexts -------------------------------------------------------------------
 
 
-def create_context(params: HEParams) -> ts.Context:
-    """Create a CKKS context holding the secret key (for provisioning only)."""
+def create_context(params: HEParams, *, symmetric: bool = False) -> ts.Context:
+    """Create a CKKS context holding the secret key (for provisioning only).
+
+    ``symmetric=True`` makes a context that encrypts with the secret key itself
+    (SEAL's symmetric encryption): about half the encryption time and a third of
+    the fresh noise, and no public key exists, so only secret-key holders can make
+    ciphertexts. Its server twin holds no key at all, so it cannot identify its key
+    set: callers pass the key set's fingerprint (see `keys.provision`).
+    """
+    kind = ts.ENCRYPTION_TYPE.SYMMETRIC if symmetric else ts.ENCRYPTION_TYPE.ASYMMETRIC
     ctx = ts.context(
         ts.SCHEME_TYPE.CKKS,
         poly_modulus_degree=params.poly_modulus_degree,
         coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
+        encryption_type=kind,
     )
     ctx.global_scale = 2.0**params.global_scale_bits
     return ctx
 
 
+def is_symmetric(ctx: ts.Context) -> bool:
+    """Tell whether a context encrypts with the secret key (no public key exists)."""
+    try:
+        ctx.has_public_key()
+    except ValueError:  # TenSEAL: "has_public_key is not supported for symmetric ..."
+        return True
+    return False
+
+
 def public_context_bytes(ctx: ts.Context) -> bytes:
-    """Serialize a context with its public key only (no secret, relin, Galois)."""
+    """Serialize what the server gets: the public key (asymmetric) or no key at all.
+
+    Never the secret key, relinearization or Galois keys.
+    """
     return ctx.serialize(
-        save_public_key=True,
+        save_public_key=not is_symmetric(ctx),
         save_secret_key=False,
         save_galois_keys=False,
         save_relin_keys=False,
@@ -224,27 +252,48 @@ def public_context_bytes(ctx: ts.Context) -> bytes:
 
 
 def secret_context_bytes(ctx: ts.Context) -> bytes:
-    """Serialize a context with its secret and public keys (the clients' key)."""
+    """Serialize a context with its secret key (and public key, if any): clients'."""
     if not ctx.is_private():
         raise ContextError(
             "this context holds no secret key; nothing to save for clients"
         )
     return ctx.serialize(
-        save_public_key=True,
+        save_public_key=not is_symmetric(ctx),
         save_secret_key=True,
         save_galois_keys=False,
         save_relin_keys=False,
     )
 
 
-def fingerprint(public_bytes: bytes) -> str:
-    """SHA-256 hex digest of a serialized public context."""
-    return hashlib.sha256(public_bytes).hexdigest()
+def fingerprint(public_bytes: bytes, key_id: bytes = b"") -> str:
+    """SHA-256 hex digest of a key set: its random id (symmetric sets) and server bytes."""
+    return hashlib.sha256(key_id + public_bytes).hexdigest()
 
 
 def context_fingerprint(ctx: ts.Context) -> str:
-    """Fingerprint of a context's public part (the same for its secret twin)."""
+    """Fingerprint of an asymmetric context's public part (the same for its secret twin).
+
+    A symmetric context has no public key to identify it: its fingerprint comes with
+    the key files (`keys.provision`), and is passed to the codec explicitly.
+    """
+    if is_symmetric(ctx):
+        raise ContextError(
+            "a symmetric-key context carries no public key to fingerprint; pass the "
+            "key set's fingerprint (from its key files)"
+        )
     return fingerprint(public_context_bytes(ctx))
+
+
+def _digest(ctx: ts.Context, given: str | None) -> bytes:
+    """The 32-byte key-set digest frames carry: `given`, else the context's own."""
+    value = context_fingerprint(ctx) if given is None else given
+    try:
+        digest = bytes.fromhex(value)
+    except (TypeError, ValueError):
+        digest = b""
+    if len(digest) != _DIGEST_BYTES:
+        raise ContextError(f"a key-set fingerprint is 64 hex digits, got {value!r}")
+    return digest
 
 
 def _load_context(data: bytes) -> ts.Context:
@@ -265,7 +314,7 @@ def load_public_context(data: bytes) -> ts.Context:
             "the context holds a secret key; the server must get the public "
             "context only (server.ctx from `fedsim keys init`)"
         )
-    if not ctx.has_public_key():
+    if not is_symmetric(ctx) and not ctx.has_public_key():
         raise ContextError("the context has no public key; re-provision the keys")
     return ctx
 
@@ -378,9 +427,17 @@ def _frame_fields(blob: bytes) -> tuple[int, bytes, bytes]:
 
 
 def encrypt_update(
-    ctx: ts.Context, arrays: Sequence[np.ndarray], weight: float
+    ctx: ts.Context,
+    arrays: Sequence[np.ndarray],
+    weight: float,
+    *,
+    fingerprint: str | None = None,
 ) -> list[bytes]:
-    """Encrypt weight*update, packed into as few ciphertexts as the slots allow."""
+    """Encrypt weight*update, packed into as few ciphertexts as the slots allow.
+
+    `fingerprint` names the key set in every frame (required for symmetric-key
+    contexts; an asymmetric context's own is used when omitted).
+    """
     flat = _flatten_weighted(arrays, weight)
     limit = capacity(ctx)
     peak = float(np.max(np.abs(flat)))
@@ -390,7 +447,7 @@ def encrypt_update(
             f"{limit:.3g}; use smaller weights or the 'default' parameter set"
         )
     slots = slot_count(ctx)
-    digest = bytes.fromhex(context_fingerprint(ctx))
+    digest = _digest(ctx, fingerprint)
     chunks = (flat[start : start + slots] for start in range(0, flat.size, slots))
     return [_frame(ts.ckks_vector(ctx, c.tolist()).serialize(), digest) for c in chunks]
 
@@ -401,6 +458,7 @@ def decrypt_average(
     *,
     shapes: Sequence[tuple[int, ...]],
     total_weight: float,
+    fingerprint: str | None = None,
 ) -> list[np.ndarray]:
     """Decrypt an aggregated sum and divide by the total weight: float32 arrays."""
     if not secret_ctx.is_private():
@@ -414,7 +472,8 @@ def decrypt_average(
     num_params = sum(math.prod(shape) for shape in shapes)
     count = _vector_count(num_params, slot_count(secret_ctx))
     vectors = load_ciphertexts(
-        secret_ctx, blobs, expected_count=count, num_params=num_params
+        secret_ctx, blobs, expected_count=count, num_params=num_params,
+        fingerprint=fingerprint,
     )
     flat = np.concatenate([np.asarray(v.decrypt(), dtype=np.float64) for v in vectors])
     return _split(flat / total_weight, shapes)
@@ -429,6 +488,7 @@ def load_ciphertexts(
     *,
     expected_count: int,
     num_params: int | None = None,
+    fingerprint: str | None = None,
 ) -> list[ts.CKKSVector]:
     """Deserialize and check one update's ciphertexts; any defect is a CiphertextError.
 
@@ -441,7 +501,7 @@ def load_ciphertexts(
         raise CiphertextError(
             f"got {len(blobs)} ciphertexts, expected {expected_count} for this model"
         )
-    digest = bytes.fromhex(context_fingerprint(public_ctx))
+    digest = _digest(public_ctx, fingerprint)
     sizes = _expected_sizes(public_ctx, expected_count, num_params)
     vectors = []
     for index, blob in enumerate(blobs):
@@ -502,11 +562,13 @@ def _check_vector(
         )
 
 
-def serialize_vectors(vectors: Sequence[ts.CKKSVector]) -> list[bytes]:
+def serialize_vectors(
+    vectors: Sequence[ts.CKKSVector], *, fingerprint: str | None = None
+) -> list[bytes]:
     """Frame and serialize vectors (e.g. the server's encrypted sum) for the wire."""
     if not vectors:
         return []
-    digest = bytes.fromhex(context_fingerprint(vectors[0].context()))
+    digest = _digest(vectors[0].context(), fingerprint)
     return [_frame(vector.serialize(), digest) for vector in vectors]
 
 

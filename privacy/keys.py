@@ -5,13 +5,16 @@
 - ``client.key``: the CKKS context *with* its secret key, encrypted at rest with
   AES-256-GCM under a key derived from a passphrase by scrypt (random salt and
   nonce); mode 0600. Only clients get it (the passphrase travels separately).
-- ``server.ctx``: the public context (no secret key) for the aggregator.
+- ``server.ctx``: the aggregator's context: the encryption parameters and no key at
+  all. Clients encrypt with the secret key (symmetric CKKS), so no public key
+  exists: the server can add ciphertexts but can neither read nor make one.
 
 Both share one layout: ``MAGIC``, a 4-byte big-endian header length, a JSON header,
-then the payload. The header names the file kind, format version, parameter set and
-public-context fingerprint (SHA-256); for the client key it also holds the KDF
-parameters, salt and nonce. The whole prefix (magic, length, header) is the AEAD's
-associated data, so editing any header field makes decryption fail.
+then the payload. The header names the file kind, format version, parameter set,
+the key set's random id and its fingerprint, SHA-256(key id || server context); for
+the client key it also holds the KDF parameters, salt and nonce. The whole prefix
+(magic, length, header) is the AEAD's associated data, so editing any header field
+of client.key makes decryption fail.
 """
 
 from __future__ import annotations
@@ -36,9 +39,9 @@ from fedsim.privacy.he import (
     HEError,
     HEParams,
     capacity,
-    context_fingerprint,
     create_context,
     fingerprint,
+    is_symmetric,
     load_public_context,
     load_secret_context,
     public_context_bytes,
@@ -47,7 +50,7 @@ from fedsim.privacy.he import (
 )
 
 MAGIC = b"FEDSIM-HE\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: symmetric-key contexts and a random key id
 CLIENT_KEY_NAME = "client.key"
 SERVER_CONTEXT_NAME = "server.ctx"
 CLIENT_KIND = "client-secret-context"
@@ -212,12 +215,14 @@ def provision(
             "(clients holding the old key can then no longer decrypt)"
         )
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
-    ctx = create_context(params)
+    ctx = create_context(params, symmetric=True)
     public = public_context_bytes(ctx)
-    fp = fingerprint(public)
+    key_id = os.urandom(16)
+    fp = fingerprint(public, key_id)
     common = {
         "format": FORMAT_VERSION,
         "params": _params_fields(params),
+        "key_id": key_id.hex(),
         "fingerprint": fp,
     }
     sealed = _seal(secret_context_bytes(ctx), common, passphrase, kdf)
@@ -264,12 +269,13 @@ def load_client_context(
     except ContextError as err:
         raise KeyFileError(f"{path}: {err}") from err
     _header_params(parsed, ctx, str(path))
-    actual = context_fingerprint(ctx)
-    if actual != parsed.header["fingerprint"]:
+    if not is_symmetric(ctx):
         raise KeyFileError(
-            f"{path} holds context {actual}, but its header says "
-            f"{parsed.header['fingerprint']}; the file is corrupted"
+            f"{path} holds a public-key context; this fedsim provisions symmetric-key "
+            "sets: re-provision with `fedsim keys init`"
         )
+    # The header (fingerprint included) is the AEAD's associated data: it is bound
+    # to this secret key as written by `provision`.
     return ctx
 
 
@@ -301,7 +307,7 @@ def load_server_context(
     """Load server.ctx: the public context (a secret key is refused) and its params."""
     parsed = _read(Path(path), SERVER_KIND)
     stated = parsed.header.get("fingerprint")
-    actual = fingerprint(parsed.payload)
+    actual = fingerprint(parsed.payload, _key_id(parsed, str(path)))
     if actual != stated:
         raise KeyFileError(
             f"{path} is corrupted: its context hashes to {actual}, "
@@ -313,6 +319,17 @@ def load_server_context(
     except ContextError as err:
         raise KeyFileError(f"{path}: {err}") from err
     return ServerContext(context=ctx, params=_header_params(parsed, ctx, str(path)))
+
+
+def _key_id(parsed: KeyFile, source: str) -> bytes:
+    """The key set's random id from a header."""
+    try:
+        key_id = bytes.fromhex(parsed.header["key_id"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise KeyFileError(f"{source} has a corrupted header (key_id: {err!r})") from err
+    if len(key_id) != 16:
+        raise KeyFileError(f"{source} has a corrupted header (key_id is not 16 bytes)")
+    return key_id
 
 
 def _params_fields(params: HEParams) -> dict[str, Any]:

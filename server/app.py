@@ -27,7 +27,7 @@ log = logging.getLogger("fedsim.server")
 
 @dataclass(frozen=True, kw_only=True)
 class HEPlan:
-    """The server's view of the HE key set: public context only."""
+    """The server's view of the HE key set: server.ctx only (no secret key)."""
 
     server_context_path: str
     fingerprint: str
@@ -132,7 +132,7 @@ def _round_end_hook(strategy: FedsimFedAvg, evaluator: CentralEvaluator | None,
 
 
 def make_codec(plan: ServerPlan):
-    """Plaintext, or CKKS with the public context only (never a secret key)."""
+    """Plaintext, or CKKS with server.ctx only (never a secret key)."""
     if plan.he is None:
         return PlainCodec()
     from fedsim.privacy.he import expected_vector_count

@@ -1,9 +1,10 @@
 """The HE codec: the server adds CKKS ciphertexts it cannot read.
 
-It holds only the public TenSEAL context (no secret key). Each reply's ciphertexts
-are checked (key fingerprint, vector count, decodable bytes) before entering the
-sum; the encrypted sum and the total weight go back to the clients, who decrypt and
-divide.
+It holds only the server's TenSEAL context: parameters, no secret key (and, for the
+symmetric key sets `fedsim keys init` provisions, no public key either). Each
+reply's ciphertexts are checked (key fingerprint, vector count, decodable bytes)
+before entering the sum; the encrypted sum and the total weight go back to the
+clients, who decrypt and divide.
 """
 
 from __future__ import annotations
@@ -48,10 +49,12 @@ class HECodec:
             raise Rejected("reply carries no ciphertexts in an encrypted run")
         try:
             return load_ciphertexts(self.context, ciphertext_blobs(record),
-                                    expected_count=self.expected_count)
+                                    expected_count=self.expected_count,
+                                    fingerprint=self.fingerprint)
         except CiphertextError as err:
             raise Rejected(str(err)) from err
 
     def finish(self, acc: Accumulator, global_arrays: ArrayRecord) -> ArrayRecord:
         """The encrypted sum plus the total weight the clients divide by."""
-        return encrypted_record(serialize_vectors(acc.total), acc.weight)
+        return encrypted_record(
+            serialize_vectors(acc.total, fingerprint=self.fingerprint), acc.weight)

@@ -107,7 +107,7 @@ def provision_simulation_keys(cfg: RunConfig, run_dir: Path) -> HEPlan:
 
     In simulation every client runs on this machine, so the client key file's
     passphrase is a random one kept in a 0600 file beside it; the server side is
-    only ever given the public context.
+    only ever given server.ctx (parameters, no key).
     """
     from fedsim.privacy.he import PARAMETER_SETS
     from fedsim.privacy.keys import provision

@@ -27,18 +27,41 @@ def contexts():
     return out
 
 
+@pytest.fixture(scope="module")
+def sym_contexts():
+    """Per parameter set: (symmetric secret context, keyless server twin, fingerprint)."""
+    out = {}
+    for name, params in he.PARAMETER_SETS.items():
+        secret = he.create_context(params, symmetric=True)
+        server_bytes = he.public_context_bytes(secret)
+        fp = he.fingerprint(server_bytes, b"key-id-%d" % len(out))
+        out[name] = (secret, he.load_public_context(server_bytes), fp)
+    return out
+
+
+@pytest.fixture(params=["public-key", "symmetric"])
+def any_contexts(request, contexts, sym_contexts):
+    """Both key modes as {name: (secret, server, fingerprint or None)}."""
+    if request.param == "symmetric":
+        return sym_contexts
+    return {name: (*pair, None) for name, pair in contexts.items()}
+
+
 def he_average(contexts, name, updates, weights):
     """Clients encrypt weight*update, the server adds, the clients decrypt/divide."""
-    secret, public = contexts[name]
+    secret, public, *rest = contexts[name]
+    fp = rest[0] if rest else None
     shapes = [a.shape for a in updates[0]]
     params = he.PARAMETER_SETS[name]
     count = he.expected_vector_count(sum(a.size for a in updates[0]), params)
     acc = Accumulator()
     for update, weight in zip(updates, weights, strict=True):
-        blobs = he.encrypt_update(secret, update, weight)
-        acc.add(he.load_ciphertexts(public, blobs, expected_count=count), weight)
-    summed = he.serialize_vectors(acc.total)
-    return he.decrypt_average(secret, summed, shapes=shapes, total_weight=acc.weight)
+        blobs = he.encrypt_update(secret, update, weight, fingerprint=fp)
+        acc.add(he.load_ciphertexts(public, blobs, expected_count=count, fingerprint=fp),
+                weight)
+    summed = he.serialize_vectors(acc.total, fingerprint=fp)
+    return he.decrypt_average(secret, summed, shapes=shapes, total_weight=acc.weight,
+                              fingerprint=fp)
 
 
 def max_error(got, expected):
@@ -74,7 +97,7 @@ def test_he_aggregation_equals_fedavg(contexts, name, shapes, weights, seed):
 
 
 @pytest.mark.parametrize("name", SET_NAMES)
-def test_error_target_with_100_heavy_clients(contexts, name):
+def test_error_target_with_100_heavy_clients(any_contexts, name):
     # Prepare: 100 clients, weights up to 1000, values up to |3|, across 2+ vectors
     rng = np.random.default_rng(7)
     size = he.PARAMETER_SETS[name].slots + 100
@@ -83,18 +106,18 @@ def test_error_target_with_100_heavy_clients(contexts, name):
         update[0][:10] = 3.0  # the largest sum: every client at +3
     weights = rng.integers(900, 1001, size=100).astype(float)
     # Execute
-    got = he_average(contexts, name, updates, weights)
+    got = he_average(any_contexts, name, updates, weights)
     # Assert
     assert max_error(got, fedavg(updates, weights)) <= TARGET
     assert np.sum(weights) * 3 < he.PARAMETER_SETS[name].max_abs_sum
 
 
 @pytest.mark.parametrize("name", SET_NAMES)
-def test_error_target_single_light_client(contexts, name):
+def test_error_target_single_light_client(any_contexts, name):
     # Prepare: the worst case for noise, one client of weight 1
     update = [np.random.default_rng(3).uniform(-3, 3, size=(40, 40))]
     # Execute
-    got = he_average(contexts, name, [update], [1.0])
+    got = he_average(any_contexts, name, [update], [1.0])
     # Assert
     assert max_error(got, update) <= TARGET
 
@@ -153,6 +176,34 @@ def test_public_and_secret_twins_share_a_fingerprint(contexts):
     secret, public = contexts["default"]
     assert he.context_fingerprint(secret) == he.context_fingerprint(public)
     assert len(he.context_fingerprint(public)) == 64
+
+
+def test_symmetric_server_twin_holds_no_key_and_needs_the_fingerprint(sym_contexts):
+    secret, server, fp = sym_contexts["compact"]
+    assert he.is_symmetric(secret) and not server.is_private()
+    assert len(he.public_context_bytes(secret)) < 200  # parameters only, no key
+    with pytest.raises(ValueError, match="doesn't support encryption"):
+        ts.ckks_vector(server, [1.0])
+    with pytest.raises(he.ContextError, match="pass the key set's fingerprint"):
+        he.encrypt_update(secret, [np.ones(3)], 1.0)
+    blobs = he.encrypt_update(secret, [np.ones(3)], 1.0, fingerprint=fp)
+    with pytest.raises(he.CiphertextError, match="another key set"):
+        he.load_ciphertexts(server, blobs, expected_count=1, fingerprint="cd" * 32)
+    with pytest.raises(he.ContextError, match="64 hex digits"):
+        he.load_ciphertexts(server, blobs, expected_count=1, fingerprint="xyz")
+
+
+def test_symmetric_encryption_is_less_noisy(contexts, sym_contexts):
+    # One ciphertext of zeros decrypts to pure fresh noise.
+    zeros = [np.zeros(he.PARAMETER_SETS["compact"].slots)]
+    noise = {}
+    for mode, (secret, _, fp) in {"public": (*contexts["compact"], None),
+                                  "symmetric": sym_contexts["compact"]}.items():
+        blobs = he.encrypt_update(secret, zeros, 1.0, fingerprint=fp)
+        out = he.decrypt_average(secret, blobs, shapes=[zeros[0].shape], total_weight=1.0,
+                                 fingerprint=fp)
+        noise[mode] = float(np.max(np.abs(out[0].astype(np.float64))))
+    assert noise["symmetric"] < noise["public"]
 
 
 def test_decrypt_needs_the_secret_context(contexts):

@@ -56,16 +56,39 @@ def test_client_key_round_trip_aggregates_with_server_context(provisioned):
         provisioned.server_context_path, expect_fingerprint=provisioned.fingerprint
     )
     update = [np.arange(6, dtype=np.float32).reshape(2, 3)]
+    fp = provisioned.fingerprint
     # Execute
-    blobs = he.encrypt_update(client, update, 4.0)
-    vectors = he.load_ciphertexts(server, blobs, expected_count=1)
+    blobs = he.encrypt_update(client, update, 4.0, fingerprint=fp)
+    vectors = he.load_ciphertexts(server, blobs, expected_count=1, fingerprint=fp)
     out = he.decrypt_average(
-        client, he.serialize_vectors(vectors), shapes=[(2, 3)], total_weight=4.0
+        client, he.serialize_vectors(vectors, fingerprint=fp), shapes=[(2, 3)],
+        total_weight=4.0, fingerprint=fp,
     )
     # Assert
-    assert client.is_private()
-    assert he.context_fingerprint(client) == provisioned.fingerprint
+    assert client.is_private() and he.is_symmetric(client) and he.is_symmetric(server)
     assert np.max(np.abs(out[0] - update[0])) <= 1e-5
+
+
+def test_server_context_can_neither_encrypt_nor_decrypt(provisioned):
+    server, _ = keys.load_server_context(provisioned.server_context_path)
+    with pytest.raises(ValueError, match="doesn't support encryption"):
+        ts.ckks_vector(server, [1.0, 2.0])
+    client = keys.load_client_context(provisioned.client_key_path, PASS)
+    blobs = he.encrypt_update(client, [np.ones(4)], 1.0, fingerprint=provisioned.fingerprint)
+    vector = he.load_ciphertexts(server, blobs, expected_count=1,
+                                 fingerprint=provisioned.fingerprint)[0]
+    with pytest.raises(ValueError, match="secret_key"):
+        vector.decrypt()
+
+
+def test_two_key_sets_have_different_fingerprints(provisioned, tmp_path):
+    other = keys.provision(tmp_path, params=COMPACT, passphrase=PASS)
+    assert other.fingerprint != provisioned.fingerprint
+    mine = keys.load_client_context(provisioned.client_key_path, PASS)
+    theirs, _ = keys.load_server_context(other.server_context_path)
+    blobs = he.encrypt_update(mine, [np.ones(4)], 1.0, fingerprint=provisioned.fingerprint)
+    with pytest.raises(he.CiphertextError, match="another key set"):
+        he.load_ciphertexts(theirs, blobs, expected_count=1, fingerprint=other.fingerprint)
 
 
 def test_wrong_passphrase_fails(provisioned):
@@ -120,7 +143,8 @@ def test_server_file_with_a_secret_key_is_refused(provisioned, tmp_path):
             "coeff_mod_bit_sizes": [56, 19],
             "global_scale_bits": 33,
         },
-        "fingerprint": he.fingerprint(secret),
+        "key_id": "00" * 16,
+        "fingerprint": he.fingerprint(secret, bytes(16)),
     }
     bad = tmp_path / "server.ctx"
     bad.write_bytes(keys.pack(header, secret))

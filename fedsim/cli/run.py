@@ -23,8 +23,8 @@ def _describe_privacy(console: Console, cfg, started) -> None:
                       "ledger: privacy/ledger.jsonl", highlight=False)
     if started.he is not None:
         console.print(f"Secure aggregation: CKKS ({cfg.he_params} parameters), key "
-                      f"fingerprint {started.he.fingerprint[:16]}; the server holds only "
-                      "the public context, so there is no central evaluation "
+                      f"fingerprint {started.he.fingerprint[:16]}; the server holds no key, "
+                      "so there is no central evaluation "
                       "(federated evaluation only)", highlight=False)
 
 

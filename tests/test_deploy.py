@@ -5,7 +5,8 @@ fedsim.deploy.commands (the ones docker-compose.yml runs), the run from
 `fedsim deploy submit` (which drives `flwr run` on the deploy app). Four enrolled
 sites join one 2-round DP run: two train (site 0 under a policy whose epsilon
 cap the run respects, site 1 without a policy), site 2 has no data folder, site
-3's policy requires secure aggregation.
+3's policy requires secure aggregation. A second run adds CKKS secure aggregation
+(keys from `fedsim keys init`; the server gets server.ctx only): site 3 trains too.
 Three more SuperNodes must be turned away: an unenrolled key, no CA, a wrong CA.
 Every process runs in its own process group and is killed at the end.
 """
@@ -46,6 +47,7 @@ SITES = 4
 PERMISSIVE_POLICY = ('[dp]\nrequired = true\nmax-epsilon = 20.0\n'
                      '[run]\nmodels = ["cnn"]\nmax-rounds = 5\n')
 HE_POLICY = "[he]\nrequired = true\n"
+HE_PASSPHRASE = "deployment test passphrase"
 TURNED_AWAY = ("unenrolled", "no-ca", "wrong-ca")
 
 
@@ -223,8 +225,12 @@ class Processes:
 
     def env(self, name: str) -> dict[str, str]:
         bin_dir = str(Path(sys.executable).parent)
-        return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-                "FLWR_HOME": str(self.root / "homes" / name), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+               "FLWR_HOME": str(self.root / "homes" / name), "PYTHONUNBUFFERED": "1"}
+        env.pop("FEDSIM_HE_PASSPHRASE", None)
+        if name.startswith("site-") or name == "keys":  # never the server's side
+            env["FEDSIM_HE_PASSPHRASE"] = HE_PASSPHRASE
+        return env
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = (self.root / f"{name}.log").open("w")
@@ -322,6 +328,16 @@ class Cluster:
     def ca(self) -> str:
         return str(self.layout.ca_cert)
 
+    @property
+    def he_dir(self) -> Path:
+        return self.root / "he"
+
+
+def _he_keys(procs: Processes, root: Path) -> None:
+    argv = fedsim_cmd("keys", "init", "--out", str(root / "he"), "--params", "compact")
+    subprocess.run(argv, check=True, capture_output=True, timeout=120,
+                   env=procs.env("keys"))
+
 
 def _certs(root: Path) -> CertLayout:
     argv = fedsim_cmd("certs", "init", "--out", str(root / "certs"), "--server-name",
@@ -351,7 +367,8 @@ def _start_sites(cluster: Cluster) -> None:
             superlink=cluster.superlink, ca=cluster.ca,
             node_key=str(cluster.layout.node_key(f"client-{site}")), partition_id=site,
             data_dir=str(folders[site]),
-            policy=str(policies[site]) if site in policies else None, runtime_port=port)
+            policy=str(policies[site]) if site in policies else None, runtime_port=port,
+            he_key=str(cluster.he_dir / "client.key"))
         cluster.procs.start(f"site-{site}", commands.supernode_argv(setup))
         urls.append(commands.supernode_health_url(port))
     for url in urls:
@@ -374,6 +391,7 @@ def cluster(tmp_path_factory):
                               env=procs.env("enroll"))
         assert done.returncode == 0, done.stderr
         _start_turned_away(found)
+        _he_keys(procs, root)
         _start_sites(found)
         yield found
     finally:
@@ -443,15 +461,15 @@ class FinishedRun:
     submit_output: str
 
 
-@pytest.fixture(scope="module")
-def finished_run(cluster, turned_away):
-    server_runs, collected = cluster.root / "server-runs", cluster.root / "collected"
+def _submit(cluster: Cluster, name: str, *extra: str) -> FinishedRun:
+    """Submit a 2-round DP run to all sites, wait for it, collect its folder."""
+    server_runs, collected = cluster.root / "server-runs", cluster.root / f"got-{name}"
     argv = fedsim_cmd(
         "deploy", "submit", "--superlink", cluster.superlink, "--ca", cluster.ca,
         "--clients", str(SITES), "--rounds", "2", "--fraction", "1.0",
         "--local-epochs", "1", "--batch-size", "16", "--lr", "0.2", "--dp",
-        "--noise-multiplier", "1.0",
-        "--run-name", "e2e", "--server-out", str(server_runs), "--wait",
+        "--noise-multiplier", "1.0", *extra,
+        "--run-name", name, "--server-out", str(server_runs), "--wait",
         "--timeout", str(RUN_TIMEOUT_S - 20), "--runs", str(server_runs),
         "--out", str(collected))
     done = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
@@ -467,6 +485,17 @@ def finished_run(cluster, turned_away):
     return FinishedRun(folder=collected, rows=rows, server_log=log.stdout,
                        summary=json.loads((collected / "summary.json").read_text()),
                        submit_output=done.stdout)
+
+
+@pytest.fixture(scope="module")
+def finished_run(cluster, turned_away):
+    return _submit(cluster, "e2e")
+
+
+@pytest.fixture(scope="module")
+def finished_he_run(cluster, finished_run):
+    return _submit(cluster, "e2e-he", "--secure-agg", "he", "--he-context",
+                   str(cluster.he_dir / "server.ctx"))
 
 
 def test_run_folder_is_complete(finished_run):
@@ -526,3 +555,27 @@ def test_app_folder_shadows_no_standard_module():
     """`flwr run deploy/` puts deploy/ on sys.path while it imports the app."""
     stems = {p.stem for p in app_folder().glob("*.py")}
     assert not stems & set(sys.stdlib_module_names)
+
+
+# ---------------------------------------------------------------- secure aggregation
+
+
+def test_he_run_trains_the_site_that_requires_he(finished_he_run):
+    for row in finished_he_run.rows:
+        assert row["clients_replied"] == 3  # sites 0, 1 and 3
+        assert row["failed"] == 2  # site 2 (no data), in training and evaluation
+        assert row["rejected"] == 0
+    ledger = finished_he_run.folder / "privacy" / "ledger.jsonl"
+    trained = {json.loads(line)["client_id"] for line in ledger.read_text().splitlines()}
+    assert trained == {0, 1, 3}
+    assert "client 3 refused" not in finished_he_run.server_log
+
+
+def test_he_run_server_holds_ciphertexts_only(finished_he_run):
+    folder = finished_he_run.folder
+    assert (folder / "model_encrypted.npz").is_file()
+    assert not (folder / "model.pt").exists()
+    assert finished_he_run.summary["model_encrypted"] is True
+    assert not list(folder.rglob("client.key"))
+    config = json.loads((folder / "config.json").read_text())
+    assert config["secure_agg"] == "he"

@@ -60,6 +60,8 @@ def init(
         ("primes (bits)", list(chosen.coeff_mod_bit_sizes)),
         ("scale", f"2^{chosen.global_scale_bits}"),
         ("security", f"{chosen.security}-bit (HE standard)"),
+        ("encryption", "symmetric: clients encrypt with the secret key; "
+                       "server.ctx holds no key"),
         ("fingerprint", keys.fingerprint),
         ("clients get", f"{keys.client_key_path} (+ the passphrase, separately)"),
         ("server gets", keys.server_context_path),

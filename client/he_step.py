@@ -32,10 +32,15 @@ class ClientKeys(NamedTuple):
 
 
 def _passphrase(passphrase_file: str | None) -> str:
-    if os.environ.get(PASSPHRASE_ENV):
-        return os.environ[PASSPHRASE_ENV]
+    """The run's own passphrase file (simulation) wins; else the site's environment.
+
+    A simulation provisions its key set with a random passphrase kept beside it, so
+    a FEDSIM_HE_PASSPHRASE a user has set for deployments must not override it.
+    """
     if passphrase_file:
         return Path(passphrase_file).read_text(encoding="utf-8").strip()
+    if os.environ.get(PASSPHRASE_ENV):
+        return os.environ[PASSPHRASE_ENV]
     raise RuntimeError(f"HE is on but {PASSPHRASE_ENV} is not set on this client")
 
 

@@ -23,11 +23,15 @@ def _rows(run_dir):
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_he_run_matches_plaintext_run(tmp_path):
+def test_he_run_matches_plaintext_run(tmp_path, monkeypatch):
+    # A deployment passphrase in the user's environment must not override the
+    # simulation's own key set (whose random passphrase is kept beside it).
+    monkeypatch.setenv("FEDSIM_HE_PASSPHRASE", "a site's passphrase, not this run's")
     plain = simulate(_cfg(tmp_path, "plain"))
     he = simulate(_cfg(tmp_path, "he", secure_agg="he"))
     p_rows, h_rows = _rows(plain.run_dir), _rows(he.run_dir)
     for p, h in zip(p_rows, h_rows, strict=True):
+        assert h["clients_replied"] == p["clients_replied"] == 4 and h["failed"] == 0
         assert abs(p["fed_accuracy"] - h["fed_accuracy"]) <= 0.01
         assert h["train_loss"] == pytest.approx(p["train_loss"], abs=1e-4)
         assert "central_accuracy" not in h  # the server cannot read the model

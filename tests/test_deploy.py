@@ -545,7 +545,9 @@ def test_server_log_names_each_failure(finished_run):
 def test_sites_log_their_own_side(cluster, finished_run):
     logs = {site: cluster.procs.log(f"site-{site}") for site in range(SITES)}
     assert "runs unrestricted" in logs[1]
-    assert logs[1].count("runs unrestricted") == 1  # once per run, not per message
+    # once per run, not per message (each run sends site 1 four messages; the HE run
+    # may already have happened when this test runs)
+    assert 1 <= logs[1].count("runs unrestricted") <= 2
     assert "refused by site policy" in logs[3]
     assert "refused by site policy" not in logs[0]
     assert "does not exist" in logs[2]

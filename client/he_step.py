@@ -18,10 +18,8 @@ from flwr.app import ArrayRecord, ConfigRecord
 
 from fedsim import protocol
 from fedsim.privacy.he import decrypt_average, encrypt_update
-from fedsim.privacy.keys import load_client_context
+from fedsim.privacy.keys import PASSPHRASE_ENV, load_client_context
 from fedsim.protocol import ciphertext_blobs, encrypted_record, is_encrypted
-
-PASSPHRASE_ENV = "FEDSIM_HE_PASSPHRASE"
 
 
 class ClientKeys(NamedTuple):

@@ -51,6 +51,7 @@ from fedsim.privacy.he import (
 
 MAGIC = b"FEDSIM-HE\n"
 FORMAT_VERSION = 2  # 2: symmetric-key contexts and a random key id
+_KEY_ID_BYTES = 16  # the key set's random id, hashed into its fingerprint
 CLIENT_KEY_NAME = "client.key"
 SERVER_CONTEXT_NAME = "server.ctx"
 CLIENT_KIND = "client-secret-context"
@@ -217,7 +218,7 @@ def provision(
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     ctx = create_context(params, symmetric=True)
     public = public_context_bytes(ctx)
-    key_id = os.urandom(16)
+    key_id = os.urandom(_KEY_ID_BYTES)
     fp = fingerprint(public, key_id)
     common = {
         "format": FORMAT_VERSION,
@@ -327,8 +328,9 @@ def _key_id(parsed: KeyFile, source: str) -> bytes:
         key_id = bytes.fromhex(parsed.header["key_id"])
     except (KeyError, TypeError, ValueError) as err:
         raise KeyFileError(f"{source} has a corrupted header (key_id: {err!r})") from err
-    if len(key_id) != 16:
-        raise KeyFileError(f"{source} has a corrupted header (key_id is not 16 bytes)")
+    if len(key_id) != _KEY_ID_BYTES:
+        raise KeyFileError(
+            f"{source} has a corrupted header (key_id is not {_KEY_ID_BYTES} bytes)")
     return key_id
 
 

@@ -29,9 +29,9 @@ same limits SEAL enforces; `total bits` counts every prime, special prime includ
 Key modes: a public-key context (clients encrypt with the public key; the server
 context carries it, and its fingerprint is SHA-256 of the serialized public
 context) or a symmetric-key context, what `fedsim keys init` provisions (clients
-encrypt with the secret key: ~0.6x the encryption time, a third of the fresh noise;
-the server context carries no key at all, and the key set's fingerprint comes from
-the key files, passed to the codec as `fingerprint=`).
+encrypt with the secret key: 0.6-0.7x the encryption time per update, 1/7 to 1/10
+of the fresh noise; the server context carries no key at all, and the key set's
+fingerprint comes from the key files, passed to the codec as `fingerprint=`).
 
 Wire format of one ciphertext: ``b"FSCK"``, a version byte, the 32-byte key-set
 fingerprint it was made under, a 16-byte BLAKE2b checksum of
@@ -213,7 +213,7 @@ def create_context(params: HEParams, *, symmetric: bool = False) -> ts.Context:
     """Create a CKKS context holding the secret key (for provisioning only).
 
     ``symmetric=True`` makes a context that encrypts with the secret key itself
-    (SEAL's symmetric encryption): about half the encryption time and a third of
+    (SEAL's symmetric encryption): 0.4-0.6x the time per ciphertext, 1/7 to 1/10 of
     the fresh noise, and no public key exists, so only secret-key holders can make
     ciphertexts. Its server twin holds no key at all, so it cannot identify its key
     set: callers pass the key set's fingerprint (see `keys.provision`).

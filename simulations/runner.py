@@ -212,6 +212,8 @@ def _execute(started: PreparedRun, *, listener, verbose: bool, client_app,
              "dataset": cfg.dataset, "resumed_from_round": plan.resume_round or None}
     if started.he is not None:
         extra["he_fingerprint"] = started.he.fingerprint
+    if cfg.dp:
+        extra["dp_against_server"] = not cfg.insecure_reproducible_noise
     summary = recorder.summary(extra)
     atomic_write_json(run_dir / "summary.json", summary)
     return RunOutcome(run_dir=run_dir, summary=summary)

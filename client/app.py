@@ -81,16 +81,13 @@ def hello(msg: Message, context: Context) -> Message:
 
 
 def _local_training(model, x, y, settings, context, msg, cid):
-    config = msg.content[protocol.CONFIG]
-    server_round = int(config[protocol.ROUND])
+    server_round = int(msg.content[protocol.CONFIG][protocol.ROUND])
     device = resolve_device(settings["device"])
-    if settings.get("dp"):  # DP-SGD's randomness is the client's own secret (dp_step)
+    if settings.get("dp"):  # secret noise, the site's own ledger: see dp_step
         from fedsim.client.dp_step import dp_train
 
-        history = config.get(protocol.DP_HISTORY)
-        outcome, result = dp_train(model, x, y, settings=settings, context=context,
-                                   device=device, server_round=server_round, client_id=cid,
-                                   server_history=None if history is None else str(history))
+        outcome, result = dp_train(model, x, y, msg=msg, context=context,
+                                   settings=settings, device=device, client_id=cid)
         return result, outcome.metrics
     result = train_epochs(model, x, y, epochs=int(settings["local_epochs"]),
                           batch_size=int(settings["batch_size"]), lr=float(settings["lr"]),
@@ -112,7 +109,8 @@ def train(msg: Message, context: Context) -> Message:
     metrics = {protocol.NUM_EXAMPLES: len(y), protocol.CLIENT_ID: cid, **extra}
     if result is None:  # DP budget exhausted: nothing trained, nothing released
         return _reply(msg, metrics, None, settings, he_ctx, len(y))
-    metrics[protocol.TRAIN_LOSS] = result.loss
+    if not settings.get("dp"):  # under DP: an unnoised mean over private batches
+        metrics[protocol.TRAIN_LOSS] = result.loss
     return _reply(msg, metrics, model, settings, he_ctx, len(y))
 
 
@@ -122,6 +120,12 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)
     cid = client_id(context)
     settings = _settings(msg)
+    if settings.get("dp"):
+        from fedsim.client.dp_step import exhausted_for_evaluation
+
+        if exhausted_for_evaluation(msg, context, cid):  # its budget is spent: no more
+            reply = MetricRecord({protocol.CLIENT_ID: cid, protocol.DP_EXHAUSTED: 1})
+            return Message(RecordDict({protocol.METRICS: reply}), reply_to=msg)
     model = _receive_model(msg, settings, _he_context(settings, context))
     x, y = client_data(msg, context, cid, "val")
     loss, acc = evaluate(model, x, y, device=resolve_device(settings["device"]))

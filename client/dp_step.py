@@ -1,21 +1,43 @@
-"""The client's DP step: keep its privacy history, refuse to overspend, train with DP-SGD.
+"""The client's DP step: its own privacy ledger, its budget, DP-SGD with secret noise.
 
-Flower ClientApps are stateless between messages except for `Context.state`; the
-history of (noise multiplier, sample rate, steps) lives there, so epsilon composes
-over every round this client trained in. The server's ledger keeps the durable copy.
+What a client has spent is the client's to keep. Each client holds an append-only,
+fsync'd ledger (`fedsim.privacy.ledger`) of every update it released; it writes the
+release's record *before* its reply leaves, so a reply that is lost, late or
+refused still counts. Before training it merges that history with the server's
+copy (sent in the message) by release: a record the server has that the site
+lacks is added (the server can make a client count more), but nothing the server
+sends, omits or shortens removes a release the site made. A site whose ledger
+cannot be read or written refuses DP training (fail closed).
+
+Where the ledger lives (`site_ledger_path`):
+
+1. node config `privacy-dir` (a SuperNode's `--node-config`);
+2. simulation: the run folder's ``privacy/clients/`` (the driver says where; a
+   simulated client has no data folder of its own);
+3. environment variable ``FEDSIM_PRIVACY_DIR``;
+4. ``$FLWR_HOME/fedsim-privacy`` (``~/.flwr/fedsim-privacy``), the SuperNode's own
+   Flower folder: keep it on storage that outlives the process.
+
+Flower's SuperNode keeps `Context.state` in memory only, so it is not used for
+anything the guarantee rests on.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
+import os
+import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context
+from flwr.app import Context, Message
 
 from fedsim import protocol
+from fedsim.errors import FedsimError
 from fedsim.privacy.accounting import (
     calibrate_noise,
     default_delta,
@@ -25,8 +47,23 @@ from fedsim.privacy.accounting import (
     steps_per_participation,
     would_exceed,
 )
+from fedsim.privacy.ledger import (
+    EXHAUSTED,
+    RELEASED,
+    LedgerError,
+    LedgerRecord,
+    PrivacyLedger,
+)
 
-STATE_KEY = "fedsim-dp"
+log = logging.getLogger("fedsim.site")
+
+NODE_CONFIG_KEY = "privacy-dir"
+ENV_VAR = "FEDSIM_PRIVACY_DIR"
+FLWR_SUBDIR = "fedsim-privacy"
+RELEASE_ID_BITS = 53  # exactly representable as a float, should anything convert it
+
+Entry = tuple[int, int | None, float, float, int]
+"""One release: (round, release id or None, noise multiplier, sample rate, steps)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,21 +74,117 @@ class DPOutcome:
     metrics: dict
 
 
-def load_history(context: Context) -> list[tuple[float, float, int]]:
-    """This client's participations so far, from its Context state."""
-    record = context.state.config_records.get(STATE_KEY)
-    if record is None:
+# ---------------------------------------------------------------- the site's ledger
+
+
+def is_simulated(msg: Message, context: Context) -> bool:
+    """A simulated client: the driver's store holds its data, it has no folder of its own.
+
+    A real site always has node config `data-dir`; only then does it decide for
+    itself (a server cannot make a site believe it is simulated).
+    """
+    return ("data-dir" not in context.node_config
+            and protocol.DATA_DIR in msg.content[protocol.CONFIG])
+
+
+def _flwr_home() -> Path:
+    home = os.environ.get("FLWR_HOME")
+    return Path(home) if home else Path.home() / ".flwr"
+
+
+def site_ledger_path(msg: Message, context: Context, client_id: int) -> Path:
+    """This client's own ledger file (see the module docstring for the order)."""
+    config = msg.content[protocol.CONFIG]
+    node_dir = context.node_config.get(NODE_CONFIG_KEY)
+    if node_dir:
+        folder = Path(str(node_dir))
+    elif is_simulated(msg, context) and protocol.SIM_PRIVACY_DIR in config:
+        folder = Path(str(config[protocol.SIM_PRIVACY_DIR]))
+    elif os.environ.get(ENV_VAR):
+        folder = Path(os.environ[ENV_VAR])
+    else:
+        folder = _flwr_home() / FLWR_SUBDIR
+        _note_default_folder(str(folder))
+    return folder / f"client-{client_id}.jsonl"
+
+
+@functools.lru_cache(maxsize=8)
+def _note_default_folder(folder: str) -> None:
+    log.warning("site privacy ledger in %s (no node config '%s' nor $%s): keep it on "
+                "storage that outlives this SuperNode", folder, NODE_CONFIG_KEY, ENV_VAR)
+
+
+def run_key(msg: Message, context: Context, settings: dict) -> str:
+    """Which run a release belongs to: the driver's run id, or Flower's in deployment.
+
+    A deployed site takes Flower's run id from its own SuperNode, not from the
+    settings, so a server cannot present one run's rounds as many runs.
+    """
+    if is_simulated(msg, context) and settings.get("run_id"):
+        return str(settings["run_id"])
+    return f"flower-{context.run_id}"
+
+
+def _records(ledger: PrivacyLedger) -> list[LedgerRecord]:
+    try:
+        return ledger.records()
+    except OSError as err:
+        raise LedgerError(f"site privacy ledger {ledger.path} cannot be read ({err}); "
+                          "this site trains no DP round until it can") from err
+
+
+def _append(ledger: PrivacyLedger, record: LedgerRecord) -> None:
+    try:
+        ledger.append(record)
+    except OSError as err:
+        raise LedgerError(f"site privacy ledger {ledger.path} cannot be written ({err}); "
+                          "this site releases no DP update it cannot record") from err
+
+
+def own_history(ledger: PrivacyLedger, run: str, client_id: int
+                ) -> tuple[list[Entry], bool]:
+    """(this run's releases from the site's ledger, whether it already ran out)."""
+    mine = [r for r in _records(ledger) if r.run == run and r.client_id == client_id]
+    entries = [(r.round, r.release, r.noise_multiplier, r.sample_rate, r.steps)
+               for r in mine if r.spends]
+    return entries, any(r.exhaustion_marker for r in mine)
+
+
+def parse_server_history(text: str | None) -> list[Entry]:
+    """The server's copy: [round, release, noise, rate, steps] (or old [noise, rate, steps]).
+
+    Anything malformed is ignored with a warning: the site's own ledger is the
+    authority, the server's copy can only add to it.
+    """
+    if not text:
         return []
-    return list(zip(record["noise"], record["rate"], record["steps"], strict=True))
+    try:
+        entries = []
+        for item in json.loads(text):
+            if len(item) == 3:
+                entries.append((0, None, float(item[0]), float(item[1]), int(item[2])))
+            else:
+                rnd, release, noise, rate, steps = item
+                entries.append((int(rnd), None if release is None else int(release),
+                                float(noise), float(rate), int(steps)))
+    except (TypeError, ValueError) as err:
+        log.warning("ignored a malformed privacy history from the server (%s)", err)
+        return []
+    return [e for e in entries if e[4] > 0 and e[2] >= 0 and 0 < e[3] <= 1]
 
 
-def save_history(context: Context, history: list[tuple[float, float, int]]) -> None:
-    """Store the history back into the Context state."""
-    context.state.config_records[STATE_KEY] = ConfigRecord({
-        "noise": [float(h[0]) for h in history],
-        "rate": [float(h[1]) for h in history],
-        "steps": [int(h[2]) for h in history],
-    })
+def merge_histories(own: list[Entry], server: list[Entry]) -> list[Entry]:
+    """Every release the site made, plus those only the server knows of.
+
+    Merged by release (run and round are the same for a re-run round, the release
+    id is not): a server entry naming a release the site holds is the same
+    release; any other is added. So the result never has less than the site's own.
+    """
+    known = {e[1] for e in own if e[1] is not None}
+    return own + [e for e in server if e[1] is None or e[1] not in known]
+
+
+# ---------------------------------------------------------------- noise and budget
 
 
 def client_delta(dp: dict, n: int) -> float:
@@ -83,21 +216,6 @@ def _calibrated(target: float, delta: float, rate: float, steps: int, accountant
                            steps=steps, accountant=accountant)
 
 
-def known_history(context: Context, server_history: str | None
-                  ) -> list[tuple[float, float, int]]:
-    """The longer of this client's own history and the server's ledger copy.
-
-    A client restarted mid-run (a resumed simulation, a rebooted site) has lost its
-    Context state; the server's durable ledger then tells it what it already spent.
-    A server can only make the client count more, never less, than it knows itself.
-    """
-    own = load_history(context)
-    if not server_history:
-        return own
-    theirs = [(float(a), float(b), int(c)) for a, b, c in json.loads(server_history)]
-    return theirs if len(theirs) > len(own) else own
-
-
 def dp_randomness(settings: dict, *, server_round: int, client_id: int):
     """The source of this participation's Poisson batches and noise.
 
@@ -112,38 +230,86 @@ def dp_randomness(settings: dict, *, server_round: int, client_id: int):
     return DPRandomness.secret_source()
 
 
-def dp_train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, *, settings: dict,
-             context: Context, device: torch.device, server_round: int, client_id: int,
-             server_history: str | None = None) -> tuple[DPOutcome, object | None]:
-    """Check the budget, then train with DP-SGD and record the participation."""
+def refuse_insecure_noise(msg: Message, context: Context, settings: dict) -> None:
+    """A real site never lets the server choose its noise (simulations may)."""
+    dp = settings.get("dp") or {}
+    if dp.get("insecure_reproducible_noise") and not is_simulated(msg, context):
+        raise FedsimError("the run asks for --insecure-reproducible-noise, which lets "
+                          "the server remove this site's DP noise; a site never "
+                          "accepts it (use it in simulations only)")
+
+
+def _steps(history: list[Entry]) -> list[tuple[float, float, int]]:
+    return [(e[2], e[3], e[4]) for e in history]
+
+
+def _record(*, run: str, server_round: int, client_id: int, step: tuple[float, float, int],
+            delta: float, accountant: str, eps: float, budget: float | None,
+            outcome: str, release: int | None) -> LedgerRecord:
+    return LedgerRecord(run=run, round=server_round, client_id=client_id,
+                        noise_multiplier=step[0], sample_rate=step[1], steps=step[2],
+                        delta=delta, accountant=accountant, epsilon=eps, budget=budget,
+                        released=outcome == RELEASED, release=release, outcome=outcome)
+
+
+def dp_train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, *, msg: Message,
+             context: Context, settings: dict, device: torch.device,
+             client_id: int) -> tuple[DPOutcome, object | None]:
+    """Check the budget on the site's own history, train with DP-SGD, record the release.
+
+    The release's record is on disk before this returns (and so before the reply
+    is sent): a reply the server never sees, or refuses, still counts here.
+    """
     from fedsim.client.dp import train_dp
 
+    refuse_insecure_noise(msg, context, settings)
+    config = msg.content[protocol.CONFIG]
+    server_round = int(config[protocol.ROUND])
     dp, n = settings["dp"], len(y)
-    history = known_history(context, server_history)
+    ledger = PrivacyLedger(site_ledger_path(msg, context, client_id))
+    run = run_key(msg, context, settings)
+    own, _ = own_history(ledger, run, client_id)
+    sent = config.get(protocol.DP_HISTORY)
+    history = merge_histories(own, parse_server_history(None if sent is None
+                                                        else str(sent)))
     noise = noise_for(dp, n=n, batch_size=settings["batch_size"],
                       local_epochs=settings["local_epochs"], rounds=settings["rounds"])
-    delta = client_delta(dp, n)
+    delta, accountant = client_delta(dp, n), dp["accountant"]
+    budget = None if dp.get("epsilon_budget") is None else float(dp["epsilon_budget"])
     planned = (noise, sample_rate(n, settings["batch_size"]),
                steps_per_participation(n, settings["batch_size"], settings["local_epochs"]))
-    if dp.get("epsilon_budget") is not None:
-        exceed, eps_next = would_exceed(history, planned, delta=delta,
-                                        accountant=dp["accountant"],
-                                        budget=float(dp["epsilon_budget"]))
-        if exceed:
-            eps_now = epsilon(history, delta=delta, accountant=dp["accountant"])
-            return DPOutcome(exhausted=True, metrics={
-                protocol.DP_EXHAUSTED: 1, protocol.DP_EPSILON: eps_now,
-                protocol.DP_DELTA: delta}), None
+    common = dict(run=run, server_round=server_round, client_id=client_id, delta=delta,
+                  accountant=accountant, budget=budget)
+    if budget is not None and would_exceed(_steps(history), planned, delta=delta,
+                                           accountant=accountant, budget=budget)[0]:
+        eps_now = epsilon(_steps(history), delta=delta, accountant=accountant)
+        _append(ledger, _record(**common, step=(0.0, 0.0, 0), eps=eps_now,
+                                outcome=EXHAUSTED, release=None))
+        return DPOutcome(exhausted=True, metrics={
+            protocol.DP_EXHAUSTED: 1, protocol.DP_EPSILON: eps_now,
+            protocol.DP_DELTA: delta}), None
     result = train_dp(model, x, y, epochs=settings["local_epochs"],
                       batch_size=settings["batch_size"], lr=settings["lr"],
                       noise_multiplier=noise, max_grad_norm=float(dp["max_grad_norm"]),
                       device=device,
                       randomness=dp_randomness(settings, server_round=server_round,
                                                client_id=client_id))
-    history.append((noise, result.sample_rate, result.steps))
-    save_history(context, history)
-    eps = epsilon(history, delta=delta, accountant=dp["accountant"])
+    step = (noise, result.sample_rate, result.steps)
+    eps = epsilon([*_steps(history), step], delta=delta, accountant=accountant)
+    release = secrets.randbits(RELEASE_ID_BITS)
+    _append(ledger, _record(**common, step=step, eps=eps, outcome=RELEASED,
+                            release=release))
     return DPOutcome(exhausted=False, metrics={
         protocol.DP_NOISE: noise, protocol.DP_SAMPLE_RATE: result.sample_rate,
         protocol.DP_STEPS: result.steps, protocol.DP_DELTA: delta,
-        protocol.DP_EPSILON: eps, protocol.DP_EXHAUSTED: 0}), result
+        protocol.DP_EPSILON: eps, protocol.DP_EXHAUSTED: 0,
+        protocol.DP_RELEASE: release, protocol.DP_ROUND: server_round}), result
+
+
+def exhausted_for_evaluation(msg: Message, context: Context, client_id: int) -> bool:
+    """Has this client run out of budget in this run? Then it sends no eval metrics."""
+    settings = protocol.decode_settings(str(msg.content[protocol.CONFIG][protocol.SETTINGS]))
+    if not settings.get("dp"):
+        return False
+    ledger = PrivacyLedger(site_ledger_path(msg, context, client_id))
+    return own_history(ledger, run_key(msg, context, settings), client_id)[1]

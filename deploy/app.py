@@ -50,6 +50,7 @@ def server_plan(plan: DeployPlan, run_dir: Path) -> ServerPlan:
     return ServerPlan(
         config=cfg, model=model_spec(plan), data_dir=None,
         ledger_path=str(run_dir / "privacy" / "ledger.jsonl") if cfg.dp else None,
+        run_id=f"flower-{plan.run_id}",  # what each SuperNode calls this run
         he=he_plan(plan), central_eval=False,
         handshake_timeout=plan.handshake_timeout,
     )

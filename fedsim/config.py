@@ -155,6 +155,10 @@ def _check_privacy(cfg: dict[str, Any], problems: list[str]) -> None:
                if k != "max_participations"
                and (isinstance(cfg[k], int | float) or cfg[k] is None)}
     problems.extend(check_dp_params(**numeric))
+    if cfg["accountant"] == "gdp":
+        from fedsim.privacy.accounting import GDP_REFUSED
+
+        problems.append(GDP_REFUSED)
 
 
 def _check_names(cfg: dict[str, Any], problems: list[str]) -> None:

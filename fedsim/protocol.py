@@ -43,6 +43,8 @@ DP_STEPS = "dp-steps"
 DP_DELTA = "dp-delta"
 DP_EPSILON = "dp-epsilon"  # the client's own view after this round
 DP_EXHAUSTED = "dp-budget-exhausted"  # 1: refused to train, budget would be exceeded
+DP_RELEASE = "dp-release"  # the client's random id for this release (its ledger's too)
+DP_ROUND = "dp-round"  # the round the client trained for (labels a late reply)
 
 # Homomorphic encryption: encrypted payloads travel as uint8 arrays in an ArrayRecord
 HE_CONFIG = "he"  # ConfigRecord in replies: the key fingerprint used

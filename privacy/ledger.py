@@ -1,13 +1,24 @@
-"""The durable privacy ledger: one JSON line per client participation.
+"""The durable privacy ledgers: one JSON line per release (or refusal) of a client.
 
-A run folder keeps it at ``privacy/ledger.jsonl``. The server appends a client's
-record *before* it uses that client's update, and `append` returns only once the
-line is on disk (file flushed and fsynced, and on creation the directory too), so
-after any crash the ledger holds every participation whose update could have been
-used. ``released: true`` means the client's noised update left the client (the
-server recorded it before checking or summing it). A client that refuses a round
-because it would pass its epsilon budget gets a zero-step marker (``steps: 0``,
-``released: false``, its unchanged epsilon): nothing was spent.
+Two kinds of ledger share this format and code:
+
+- The server's, ``privacy/ledger.jsonl`` in the run folder: the run's record. One
+  record for every training reply the server received, whatever became of it
+  (`outcome`: ``aggregated``, ``rejected``, ``refused`` over budget, ``late``
+  after its round closed, or ``exhausted`` when the client refused to train), with
+  the cumulative epsilon the server computes from every release it has seen of
+  that client. An update's record is on disk *before* the update enters the sum.
+- A site's own (`client/dp_step.py`): what that client released, written by the
+  client before its reply leaves it, across runs (`run`), with the random id of
+  each release (`release`) that the server's records repeat. In deployment it
+  lives in the site's own folder; in simulation one file per client under the run
+  folder's ``privacy/clients/``.
+
+`append` returns only once the line is on disk (file flushed and fsynced, and on
+creation the directory too). ``released: true`` means a noised update left the
+client. A client that refuses a round because it would pass its epsilon budget
+leaves a zero-step marker (``steps: 0``, ``released: false``, outcome
+``exhausted``, its unchanged epsilon): nothing was spent.
 
 Only newline-terminated lines count. A crash mid-append can leave a torn final
 line: readers ignore it (and count it in `torn_lines`), and the next append cuts it
@@ -56,13 +67,29 @@ _FIELD_KINDS: dict[str, tuple[tuple[type, ...], str]] = {
     "budget": ((*_NUMBER, type(None)), "a number or null"),
     "released": ((bool,), "true or false"),
 }
-_FLOATS = ("noise_multiplier", "sample_rate", "delta", "epsilon", "budget")
+_OPTIONAL_KINDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "run": ((str, type(None)), "a string or null"),
+    "release": ((int, type(None)), "an integer or null"),
+    "outcome": ((str, type(None)), "a string or null"),
+    "site_epsilon": ((*_NUMBER, type(None)), "a number or null"),
+    "reason": ((str, type(None)), "a string or null"),
+}
+"""Fields added later: absent in older ledgers (read as null)."""
+_FLOATS = ("noise_multiplier", "sample_rate", "delta", "epsilon", "budget", "site_epsilon")
+
+AGGREGATED = "aggregated"  # server: the update entered the round's sum
+REJECTED = "rejected"  # server: a bad reply (payload, metrics), not used
+REFUSED = "refused"  # server: would pass --epsilon-budget by the server's count
+LATE = "late"  # server: arrived after its round had closed, not used
+EXHAUSTED = "exhausted"  # both: the client refused to train (nothing spent)
+RELEASED = "released"  # site: trained, and the reply left the client
+OUTCOMES = (AGGREGATED, REJECTED, REFUSED, LATE, EXHAUSTED, RELEASED)
 
 
 def _field_problem(name: str, data: dict[str, Any]) -> str | None:
-    kinds, expected = _FIELD_KINDS[name]
+    kinds, expected = _FIELD_KINDS.get(name) or _OPTIONAL_KINDS[name]
     if name not in data:
-        return f"field '{name}' is missing"
+        return None if name in _OPTIONAL_KINDS else f"field '{name}' is missing"
     value = data[name]
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         return f"field '{name}' must be {expected}, got {value!r}"
@@ -84,6 +111,16 @@ class LedgerRecord:
     """Cumulative epsilon of this client after this participation."""
     budget: float | None
     released: bool
+    run: str | None = None
+    """The run (site ledgers hold every run the site took part in)."""
+    release: int | None = None
+    """The client's random id for this release; the server's record repeats it."""
+    outcome: str | None = None
+    """What became of the reply (one of OUTCOMES); null in older ledgers."""
+    site_epsilon: float | None = None
+    """Server records: the epsilon the client reported from its own ledger."""
+    reason: str | None = None
+    """Why a reply was rejected or refused (server records)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values, one key per field."""
@@ -94,10 +131,11 @@ class LedgerRecord:
         """Inverse of `to_dict`; a missing or mistyped field raises LedgerError."""
         if not isinstance(data, dict):
             raise LedgerError(f"a record must be a JSON object, got {data!r}")
-        problems = [p for name in _FIELD_KINDS if (p := _field_problem(name, data))]
+        names = (*_FIELD_KINDS, *_OPTIONAL_KINDS)
+        problems = [p for name in names if (p := _field_problem(name, data))]
         if problems:
             raise LedgerError("; ".join(problems))
-        values = {f.name: data[f.name] for f in fields(cls)}
+        values = {f.name: data.get(f.name) for f in fields(cls)}
         for name in _FLOATS:
             values[name] = None if values[name] is None else float(values[name])
         return cls(**values)
@@ -106,6 +144,23 @@ class LedgerRecord:
     def step(self) -> Step:
         """Return the participation as an accountant history entry."""
         return (self.noise_multiplier, self.sample_rate, self.steps)
+
+    @property
+    def exhaustion_marker(self) -> bool:
+        """The client refused to train (its budget): nothing released, nothing spent."""
+        if self.outcome is not None:
+            return self.outcome == EXHAUSTED
+        return self.steps == 0 and not self.released
+
+    @property
+    def spends(self) -> bool:
+        """A noised update left the client: it counts in the client's epsilon."""
+        return self.released and self.steps > 0
+
+    @property
+    def aggregated(self) -> bool:
+        """The update entered the sum (older ledgers: every released update did)."""
+        return self.outcome == AGGREGATED if self.outcome is not None else self.released
 
 
 def _fsync_dir(path: Path) -> None:
@@ -201,8 +256,8 @@ class PrivacyLedger:
             ) from err
 
     def history(self, client_id: int) -> list[Step]:
-        """Return the client's accountant history, one entry per participation."""
-        return [r.step for r in self.records() if r.client_id == client_id]
+        """Return the client's accountant history: one entry per release it made."""
+        return [r.step for r in self.records() if r.client_id == client_id and r.spends]
 
     def latest_epsilon(self) -> dict[int, float]:
         """Each client's cumulative epsilon after its latest participation."""

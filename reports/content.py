@@ -15,6 +15,8 @@ from fedsim.reports.privacy import (
     by_client,
     exhausted_in_metrics,
     nearest_budget,
+    site_agreement,
+    site_final_epsilon,
 )
 from fedsim.reports.render import Block, Document, Image, Paragraph, Section, Table
 from fedsim.reports.series import (
@@ -118,6 +120,8 @@ def privacy_facts(run: RunData, clients: list[ClientPrivacy]) -> PrivacyFacts:
                       sum(1 for c in clients if c.exhausted_round is not None)),
         target_epsilon=finite(config.get("target_epsilon")),
         insecure_noise=bool(config.get("insecure_reproducible_noise")),
+        sites=site_agreement(run, clients) if run.has_ledger else None,
+        model=config.get("model"),
     )
 
 
@@ -166,19 +170,24 @@ def top_clients_section(run: RunData, clients: list[ClientPrivacy]) -> Section:
              else f"The {TOP_CLIENTS} clients with the highest ε")
     if not clients:
         return Section(title=title, blocks=_dp_off_blocks(run))
-    rows = tuple((str(c.client_id), fmt(c.last.epsilon), fmt(c.last.delta),
+    rows = tuple((str(c.client_id), fmt(c.last.epsilon),
+                  fmt(site_final_epsilon(run, c.client_id)), fmt(c.last.delta),
                   fmt(c.last.budget), fmt(c.remaining), str(c.participations),
                   str(c.released_updates),
-                  str(sum(r.steps for r in c.records)),
+                  str(sum(r.steps for r in c.records if r.spends)),
                   _train_examples(run, c.client_id),
                   fmt(c.exhausted_round)) for c in chosen)
-    table = Table(headers=("client", "final ε", "δ", "budget", "budget left",
-                           "participations", "updates used", "DP-SGD steps",
-                           "train examples", "exhausted in round"), rows=rows,
-                  numeric=tuple(range(1, 10)))
+    table = Table(headers=("client", "final ε (server)", "final ε (site)", "δ", "budget",
+                           "budget left", "updates released", "updates used",
+                           "DP-SGD steps", "train examples", "exhausted in round"),
+                  rows=rows, numeric=tuple(range(1, 11)))
+    sites = ("the site's own ledger (privacy/clients/)" if run.site_ledgers is not None
+             else "the site's own ledger, which this run folder does not hold (—)")
     return Section(title=title, blocks=(
-        Paragraph(text="From the privacy ledger (each client's last record); the exact "
-                       "values and every round's ε are in privacy.json."), table))
+        Paragraph(text="Final ε (server): the server's ledger, privacy/ledger.jsonl "
+                       f"(each client's last record); final ε (site): {sites}. "
+                       "Released updates all count, used or not; the exact values "
+                       "and every round's ε are in privacy.json."), table))
 
 
 def accuracy_section(run: RunData) -> Section:

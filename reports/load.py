@@ -17,6 +17,7 @@ from typing import Any
 from fedsim.errors import FedsimError
 
 LEDGER = Path("privacy") / "ledger.jsonl"
+SITE_LEDGERS = Path("privacy") / "clients"  # simulation: each client's own ledger
 HE_CONTEXT = Path("he") / "server.ctx"
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "partitions.json")
 
@@ -41,6 +42,27 @@ class LedgerRecord:
     epsilon: float
     budget: float | None
     released: bool
+    outcome: str | None = None
+    """aggregated, rejected, refused, late, exhausted (server); released (site)."""
+    release: int | None = None
+    site_epsilon: float | None = None
+
+    @property
+    def exhaustion_marker(self) -> bool:
+        """The client refused to train: nothing released, nothing spent."""
+        if self.outcome is not None:
+            return self.outcome == "exhausted"
+        return self.steps == 0 and not self.released
+
+    @property
+    def spends(self) -> bool:
+        """A noised update left the client (used or not): it counts in epsilon."""
+        return self.released and self.steps > 0
+
+    @property
+    def aggregated(self) -> bool:
+        """The update entered the sum (older ledgers: every released one did)."""
+        return self.outcome == "aggregated" if self.outcome is not None else self.released
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,6 +88,8 @@ class RunData:
     has_ledger: bool
     he: HEInfo
     warnings: tuple[str, ...]
+    site_ledgers: dict[int, tuple[LedgerRecord, ...]] | None = None
+    """Simulation: each client's own ledger, this run's records (None: not there)."""
 
     @property
     def finished(self) -> bool:
@@ -153,10 +177,14 @@ def _ledger_record(row: dict[str, Any]) -> LedgerRecord | None:
         return None
     if not isinstance(row.get("accountant"), str):
         return None
+    outcome, release, site = row.get("outcome"), row.get("release"), row.get("site_epsilon")
     return LedgerRecord(
         **{k: int(row[k]) for k in ints},
         **{k: row[k] for k in (*floats, "accountant")},
         budget=budget, released=bool(row.get("released", True)),
+        outcome=outcome if isinstance(outcome, str) else None,
+        release=int(release) if _whole(release) else None,
+        site_epsilon=float(site) if _number(site) else None,
     )
 
 
@@ -171,6 +199,22 @@ def _ledger(run_dir: Path, warnings: list[str]) -> tuple[list[LedgerRecord], boo
         warnings.append(f"{path}: skipped {len(rows) - len(records)} record(s) "
                         "lacking a required field")
     return records, True
+
+
+def _site_ledgers(run_dir: Path, run_id: Any, warnings: list[str]
+                  ) -> dict[int, tuple[LedgerRecord, ...]] | None:
+    """The clients' own ledgers of a simulation: this run's records, per client."""
+    folder = run_dir / SITE_LEDGERS
+    if not folder.is_dir():
+        return None
+    found: dict[int, tuple[LedgerRecord, ...]] = {}
+    for path in sorted(folder.glob("client-*.jsonl")):
+        rows = [row for row in (_jsonl_rows(path, warnings) or [])
+                if run_id is None or row.get("run") in (None, run_id)]
+        records = [r for r in map(_ledger_record, rows) if r is not None]
+        if records:
+            found[records[0].client_id] = tuple(records)
+    return found
 
 
 def _metrics(run_dir: Path, warnings: list[str]) -> list[dict[str, Any]]:
@@ -254,6 +298,8 @@ def load_run(run_dir: Path) -> RunData:
              "partitions": _read_json(run_dir / "partitions.json", warnings,
                                       why="no per-client data sizes")}
     ledger, has_ledger = _ledger(run_dir, warnings)
+    federation = _read_json(run_dir / "federation.json", []) or {}
+    sites = _site_ledgers(run_dir, federation.get("run_id"), warnings)
     if config.get("dp") and not has_ledger:
         warnings.append(f"{LEDGER} is missing in {run_dir} although DP was on: "
                         "no per-client epsilon")
@@ -263,7 +309,7 @@ def load_run(run_dir: Path) -> RunData:
     return RunData(run_dir=run_dir, config=config, metrics=tuple(metrics),
                    ledger=tuple(ledger), has_ledger=has_ledger,
                    he=_he_info(run_dir, config, parts["summary"]),
-                   warnings=tuple(warnings), **parts)
+                   warnings=tuple(warnings), site_ledgers=sites, **parts)
 
 
 def finite(value: Any) -> float | None:

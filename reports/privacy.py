@@ -12,13 +12,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from fedsim.reports.load import LEDGER, LedgerRecord, RunData
+from fedsim.reports.load import LEDGER, SITE_LEDGERS, LedgerRecord, RunData
 
 SCHEMA_VERSION = 1
 ACCOUNTANT_NAMES = {
     "rdp": "Rényi DP (RDP)",
     "prv": "privacy random variable (PRV)",
-    "gdp": "Gaussian DP (GDP)",
+    "gdp": "Gaussian DP (GDP; approximate, may understate ε)",
 }
 
 
@@ -36,13 +36,13 @@ class ClientPrivacy:
         A zero-step exhaustion marker carries the same epsilon but no DP settings,
         so it is passed over (unless it is all the ledger has for the client).
         """
-        spent = [r for r in self.records if r.steps > 0]
+        spent = [r for r in self.records if r.spends]
         return spent[-1] if spent else self.records[-1]
 
     @property
     def participations(self) -> int:
-        """Rounds the client trained in (exhaustion markers excluded)."""
-        return sum(1 for r in self.records if r.steps > 0)
+        """Updates the client released (used or not; exhaustion markers excluded)."""
+        return sum(1 for r in self.records if r.spends)
 
     @property
     def exhausted_round(self) -> int | None:
@@ -53,7 +53,7 @@ class ClientPrivacy:
         finds the round a client was refused in as well.
         """
         for record in self.records:
-            if record.steps == 0 and not record.released:
+            if record.exhaustion_marker or record.outcome == "refused":
                 return record.round
             if record.budget is not None and record.epsilon >= record.budget:
                 return record.round
@@ -61,8 +61,13 @@ class ClientPrivacy:
 
     @property
     def released_updates(self) -> int:
-        """Participations whose update was used (`released: true`)."""
-        return sum(1 for r in self.records if r.released)
+        """Updates the server used (outcome `aggregated`)."""
+        return sum(1 for r in self.records if r.aggregated and r.spends)
+
+    @property
+    def unused_releases(self) -> int:
+        """Updates released but not used (rejected, refused, late): they count too."""
+        return sum(1 for r in self.records if r.spends and not r.aggregated)
 
     @property
     def remaining(self) -> float | None:
@@ -136,10 +141,32 @@ def _record_json(record: LedgerRecord) -> dict[str, Any]:
     """One participation as it appears in a client's `epsilon_by_round`."""
     return {"round": record.round, "epsilon": record.epsilon, "steps": record.steps,
             "noise_multiplier": record.noise_multiplier,
-            "sample_rate": record.sample_rate, "released": record.released}
+            "sample_rate": record.sample_rate, "released": record.released,
+            "outcome": record.outcome, "aggregated": record.aggregated}
 
 
-def client_json(client: ClientPrivacy) -> dict[str, Any]:
+def site_final_epsilon(run: RunData, client_id: int) -> float | None:
+    """The client's final epsilon by its own ledger (simulation), if there is one."""
+    records = [r for r in (run.site_ledgers or {}).get(client_id, ()) if r.spends]
+    return records[-1].epsilon if records else None
+
+
+def site_agreement(run: RunData, clients: list[ClientPrivacy]) -> dict[str, Any] | None:
+    """Compare the clients' own final epsilons with the server's (None: no site ledgers)."""
+    if run.site_ledgers is None:
+        return None
+    differing = []
+    for client in clients:
+        site = site_final_epsilon(run, client.client_id)
+        server = client.last.epsilon if client.participations else 0.0
+        if site is not None and abs(site - server) > 1e-9 * max(1.0, abs(site)):
+            differing.append({"client_id": client.client_id, "server_epsilon": server,
+                              "site_epsilon": site})
+    return {"source": str(SITE_LEDGERS), "clients": len(run.site_ledgers),
+            "agree": not differing, "differing": differing}
+
+
+def client_json(client: ClientPrivacy, run: RunData | None = None) -> dict[str, Any]:
     """Build a client's entry in privacy.json."""
     last = client.last
     return {
@@ -153,6 +180,9 @@ def client_json(client: ClientPrivacy) -> dict[str, Any]:
         "steps": sum(r.steps for r in client.records),
         "participations": client.participations,
         "released_updates": client.released_updates,
+        "unused_releases": client.unused_releases,
+        "site_final_epsilon": (None if run is None
+                               else site_final_epsilon(run, client.client_id)),
         "budget": last.budget,
         "exhausted": client.exhausted_round is not None,
         "exhausted_round": client.exhausted_round,
@@ -205,7 +235,8 @@ def privacy_json(run: RunData) -> dict[str, Any]:
         "accountant": _common([r.accountant for r in run.ledger]),
         "delta": _common([r.delta for r in run.ledger]),
         "budget": _common([r.budget for r in run.ledger]),
-        "clients": {str(c.client_id): client_json(c) for c in clients},
+        "clients": {str(c.client_id): client_json(c, run) for c in clients},
+        "site_ledgers": site_agreement(run, clients),
         "exhausted_clients": [c.client_id for c in clients
                               if c.exhausted_round is not None],
         "exhausted_count_in_metrics": exhausted_in_metrics(run),

@@ -32,6 +32,9 @@ class PrivacyFacts:
     target_epsilon: float | None
     insecure_noise: bool = False
     """--insecure-reproducible-noise: the server can recompute and remove the noise."""
+    sites: dict | None = None
+    """How the clients' own ledgers compare (reports.privacy.site_agreement)."""
+    model: str | None = None
 
 
 def _fmt(value: float | None, spec: str = ".3g") -> str:
@@ -71,8 +74,28 @@ def _dp_strength(facts: PrivacyFacts) -> str:
             f"{_fmt(facts.epsilon_max, '.4g')} for the most exposed client (median "
             f"{_fmt(facts.epsilon_median, '.4g')} over {_population(facts)}) and "
             f"{_delta_text(facts.deltas)}, computed by the "
-            f"{accountant} accountant (values from privacy/ledger.jsonl). Smaller ε "
-            "is stronger: about 1 or below is strong, 10 or more is weak.")
+            f"{accountant} accountant (values from privacy/ledger.jsonl, the server's "
+            "record of every update it received, used or not)."
+            f"{_sites_text(facts.sites)} Smaller ε is stronger: about 1 or below is "
+            "strong, 10 or more is weak.")
+
+
+def _sites_text(sites: dict | None) -> str:
+    """Say whether the clients' own ledgers agree with the server's."""
+    if sites is None:
+        return (" Each client also keeps its own ledger at its site; this run folder "
+                "does not hold them.")
+    if sites["agree"]:
+        return (f" The clients' own ledgers ({sites['source']}/, written by each "
+                "client before its reply left it) give the same final ε for every "
+                "client.")
+    worst = max(sites["differing"], key=lambda d: d["site_epsilon"])
+    return (f" {len(sites['differing'])} client(s)' own ledgers ({sites['source']}/) "
+            "give a different final ε, up to "
+            f"{_fmt(worst['site_epsilon'], '.4g')} for client {worst['client_id']} "
+            f"(the server's: {_fmt(worst['server_epsilon'], '.4g')}); a client's own "
+            "ledger also counts releases the server never received (a lost reply), "
+            "so where it is higher, it is the true figure.")
 
 
 NO_DP_AGAINST_SERVER = "no DP against the server"
@@ -145,6 +168,7 @@ def _not_protected(facts: PrivacyFacts) -> list[str]:
                      "clients (it is not client-level DP); it does not hide that a "
                      "client took part, nor what most of a client's data has in "
                      "common (its label mix, its style).")
+        items.extend(_releases(facts))
     if not facts.he.on:
         items.append("Individual updates, against the server: secure aggregation "
                      "was off, so the server sees each client's update in the clear.")
@@ -159,6 +183,15 @@ def _not_protected(facts: PrivacyFacts) -> list[str]:
                  + ("; DP bounds what it reveals about any one example of another "
                     "client." if facts.dp else
                     "; without DP it can reveal other clients' training data."))
+    return items
+
+
+def _releases(facts: PrivacyFacts) -> list[str]:
+    """What DP clients send outside the accounting, by name (privacy/releases.py)."""
+    from fedsim.privacy.releases import OFF_UNDER_DP, releases
+
+    items = [f"Released outside DP, {r.name}: {r.what}" for r in releases(model=facts.model)]
+    items.append("Not sent under DP at all: " + "; ".join(OFF_UNDER_DP) + ".")
     return items
 
 

@@ -43,6 +43,8 @@ class ServerPlan:
     model: ModelSpec
     data_dir: str | None  # None: clients hold their own data (deployment)
     ledger_path: str | None = None  # DP runs: privacy/ledger.jsonl
+    run_id: str | None = None  # names the run in ledgers (simulation: federation.json)
+    site_ledger_dir: str | None = None  # simulation + DP: clients' own ledgers here
     he: HEPlan | None = None
     central_eval: bool = True
     handshake_timeout: float = 120.0
@@ -61,6 +63,7 @@ def client_settings(plan: ServerPlan) -> dict:
         "lr": cfg.lr,
         "device": cfg.device,
         "seed": cfg.seed,
+        "run_id": plan.run_id,
         "rounds": cfg.rounds,
         "fraction": cfg.fraction,
         "dp": None,
@@ -164,6 +167,7 @@ def make_strategy(plan: ServerPlan, federation) -> FedsimFedAvg:
                     delta=cfg.delta, budget=cfg.epsilon_budget,
                     max_participations=participation_cap(cfg.rounds,
                                                          cfg.max_participations),
+                    run_id=plan.run_id, replay_identical=cfg.insecure_reproducible_noise,
                     **common)
 
 
@@ -180,10 +184,13 @@ def run_server(grid: Grid, plan: ServerPlan, listener: RoundListener) -> None:
     config = ConfigRecord({protocol.SETTINGS: protocol.encode_settings(client_settings(plan))})
     if plan.data_dir:
         config[protocol.DATA_DIR] = plan.data_dir
+    if plan.data_dir and plan.site_ledger_dir:  # simulated sites keep theirs here
+        config[protocol.SIM_PRIVACY_DIR] = plan.site_ledger_dir
     initial = (plan.resume_arrays if plan.resume_arrays is not None
                else ArrayRecord(initial_model(plan).state_dict()))
+    streaming = StreamingGrid(grid)
     result = strategy.start(
-        grid=StreamingGrid(grid),
+        grid=streaming,
         initial_arrays=initial,
         num_rounds=cfg.rounds - plan.resume_round,
         timeout=cfg.round_timeout,
@@ -191,6 +198,7 @@ def run_server(grid: Grid, plan: ServerPlan, listener: RoundListener) -> None:
         evaluate_config=ConfigRecord(dict(config)),
         evaluate_fn=_round_end_hook(strategy, evaluator, listener),
     )
+    strategy.take_late_replies()  # replies that came in after the last round closed
     final = result.arrays if result.arrays is not None and len(result.arrays) else initial
     listener.on_finish(final, {"stop_reason": strategy.stop_reason,
                                "encrypted": is_encrypted(final)})

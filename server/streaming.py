@@ -5,7 +5,9 @@ timeout passes), so a round holds all sampled clients' payloads at once. This
 wrapper pulls continuously and yields each reply as soon as it is there; the
 strategy adds it to a running sum and drops it, so server memory does not grow with
 the number of clients sampled per round. Messages still unanswered at the timeout
-are counted (`last_timeouts`) for the round's failure statistics.
+are counted (`last_timeouts`) for the round's failure statistics, and remembered:
+`late_replies()` pulls the replies that arrive for them later (a DP client's late
+update was released all the same, so the privacy ledger must record it).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 PULL_INTERVAL_S = 0.05
+MAX_UNANSWERED = 10_000  # late replies are looked for this many messages back
 
 
 class StreamingGrid:
@@ -26,6 +29,7 @@ class StreamingGrid:
         self._grid = grid
         self.pull_interval = pull_interval
         self.last_timeouts: list[int] = []  # destination node ids that never replied
+        self._unanswered: dict[str, int] = {}  # message id -> node, past its round
 
     def __getattr__(self, name: str):
         return getattr(self._grid, name)
@@ -54,3 +58,16 @@ class StreamingGrid:
             if not replies:
                 time.sleep(self.pull_interval)
         self.last_timeouts = sorted(destinations[m] for m in pending)
+        for msg_id in pending:
+            self._unanswered[msg_id] = destinations[msg_id]
+        while len(self._unanswered) > MAX_UNANSWERED:
+            del self._unanswered[next(iter(self._unanswered))]
+
+    def late_replies(self) -> list[Message]:
+        """Replies that have arrived, since, to messages whose round timed out."""
+        if not self._unanswered:
+            return []
+        replies = list(self._grid.pull_messages(set(self._unanswered)))
+        for reply in replies:
+            self._unanswered.pop(reply.metadata.reply_to_message_id, None)
+        return replies

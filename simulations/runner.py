@@ -100,6 +100,7 @@ class PreparedRun:
     run_dir: Path
     prepared: Prepared
     he: HEPlan | None = None
+    run_id: str | None = None  # random, in federation.json: names the run in ledgers
 
 
 def provision_simulation_keys(cfg: RunConfig, run_dir: Path) -> HEPlan:
@@ -131,11 +132,14 @@ def start_run(cfg: RunConfig) -> PreparedRun:
     client_resources(cfg)  # fail early on an impossible device request
     run_dir, prepared = prepare(cfg, lambda: fresh_run_dir(cfg.out))
     he = provision_simulation_keys(cfg, run_dir) if cfg.secure_agg == "he" else None
+    run_id = secrets.token_hex(8)
     atomic_write_json(run_dir / "federation.json", {
         "model": prepared.model.to_dict(), "num_parameters": prepared.num_parameters,
-        "train_size": prepared.train_size, "test_size": prepared.test_size})
+        "train_size": prepared.train_size, "test_size": prepared.test_size,
+        "run_id": run_id})
     atomic_write_json(run_dir / "config.json", cfg.to_dict() | {"out": str(run_dir)})
-    return PreparedRun(config=cfg, run_dir=run_dir, prepared=prepared, he=he)
+    return PreparedRun(config=cfg, run_dir=run_dir, prepared=prepared, he=he,
+                       run_id=run_id)
 
 
 def simulate(cfg: RunConfig, *, listener: RoundListener | None = None,
@@ -181,7 +185,8 @@ def reopen_run(run_dir: Path) -> PreparedRun:
                     fingerprint=key_info(folder / "server.ctx")["fingerprint"],
                     client_key_path=str(folder / "client.key"),
                     passphrase_file=str(folder / "passphrase"))
-    return PreparedRun(config=cfg, run_dir=run_dir, prepared=prepared, he=he)
+    return PreparedRun(config=cfg, run_dir=run_dir, prepared=prepared, he=he,
+                       run_id=str(fed.get("run_id") or run_dir.resolve()))
 
 
 def _execute(started: PreparedRun, *, listener, verbose: bool, client_app,
@@ -196,6 +201,9 @@ def _execute(started: PreparedRun, *, listener, verbose: bool, client_app,
     plan = ServerPlan(
         config=cfg, model=prepared.model, data_dir=str(prepared.data_dir.resolve()),
         ledger_path=str(run_dir / "privacy" / "ledger.jsonl") if cfg.dp else None,
+        run_id=started.run_id,
+        site_ledger_dir=(str((run_dir / "privacy" / "clients").resolve())
+                         if cfg.dp else None),
         he=started.he,
         resume_round=checkpoint.round if checkpoint else 0,
         resume_arrays=(ArrayRecord({k: Array(v) for k, v in checkpoint.arrays.items()})

@@ -31,12 +31,24 @@ def test_flags_override_file(tmp_path):
         ({"partition": "random"}, "partition must be one of iid, dirichlet, shards"),
         ({"clients": "ten"}, "clients must be an integer"),
         ({"colour": "red"}, "unknown config key 'colour'; valid keys: clients, rounds"),
+        ({"dp": True, "accountant": "gdp"}, "--accountant gdp is refused for runs"),
+        ({"dp": True, "max_participations": 0}, "--max-participations must be > 0"),
+        ({"max_participations": 3}, "--max-participations needs --dp"),
+        ({"insecure_reproducible_noise": True}, "--insecure-reproducible-noise needs --dp"),
     ],
 )
 def test_bad_values_are_named(values, needle):
     with pytest.raises(ConfigError) as info:
         build_config(values)
     assert needle in str(info.value)
+
+
+def test_target_epsilon_is_the_default_budget():
+    cfg = build_config({"dp": True, "target_epsilon": 4.0})
+    assert cfg.epsilon_budget == 4.0 and cfg.noise_multiplier is None
+    assert build_config({"dp": True, "target_epsilon": 4.0,
+                         "epsilon_budget": 3.0}).epsilon_budget == 3.0
+    assert build_config({"dp": True}).epsilon_budget is None
 
 
 def test_all_problems_reported_together():

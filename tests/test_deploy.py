@@ -511,19 +511,29 @@ def test_run_folder_is_complete(finished_run):
     assert config["rounds"] == 2 and config["clients"] == SITES and config["dp"]
 
 
-def test_privacy_ledger_records_the_training_sites(finished_run):
+def test_privacy_ledger_records_the_training_sites(cluster, finished_run):
     ledger = finished_run.folder / "privacy" / "ledger.jsonl"
     records = [json.loads(line) for line in ledger.read_text().splitlines()]
     assert sorted((r["round"], r["client_id"]) for r in records) == [
         (1, 0), (1, 1), (2, 0), (2, 1)]
     assert all(0 < r["epsilon"] < 20.0 for r in records)  # site 0's cap holds
+    # Each site kept its own ledger in its own Flower folder, written before each
+    # reply left it; it names the same releases and ends at the same epsilon.
+    for site in (0, 1):
+        own = cluster.root / "homes" / f"site-{site}" / "fedsim-privacy" / \
+            f"client-{site}.jsonl"
+        mine = [r for r in records if r["client_id"] == site]
+        kept = [json.loads(line) for line in own.read_text().splitlines()]
+        kept = [r for r in kept if r["run"] == mine[0]["run"]]
+        assert [r["release"] for r in kept] == [r["release"] for r in mine]
+        assert kept[-1]["epsilon"] == pytest.approx(mine[-1]["epsilon"], rel=1e-12)
 
 
 def test_final_model_is_a_trained_cnn(finished_run):
     state = torch.load(finished_run.folder / "model.pt", weights_only=True)
     assert "features.0.weight" in state
     assert all(torch.isfinite(t).all() for t in state.values())
-    assert finished_run.rows[-1]["train_loss"] is not None
+    assert finished_run.rows[-1]["train_loss"] is None  # not sent under DP
 
 
 def test_missing_data_and_policy_count_as_failed_others_train(finished_run):

@@ -82,6 +82,25 @@ def test_target_epsilon_holds_for_every_client_however_often_sampled(calibrated_
                                                 rel=1e-9)
 
 
+def test_each_clients_own_ledger_agrees_with_the_servers(calibrated_run):
+    run_dir = calibrated_run.run_dir
+    server = _by_client(PrivacyLedger(run_dir / "privacy" / "ledger.jsonl").records())
+    sites = sorted((run_dir / "privacy" / "clients").glob("client-*.jsonl"))
+    assert len(sites) == len(server)  # one file per client that trained
+    for cid, recs in server.items():
+        own = PrivacyLedger(run_dir / "privacy" / "clients" / f"client-{cid}.jsonl")
+        released = [r for r in own.records() if r.spends]
+        used = [r for r in recs if r.spends]
+        assert [r.release for r in released] == [r.release for r in used]
+        assert [r.outcome for r in used] == ["aggregated"] * len(used)
+        assert released[-1].epsilon == pytest.approx(used[-1].epsilon, rel=1e-12)
+        assert {r.run for r in released} == {used[0].run}
+    report = write_run_report(run_dir)
+    privacy = json.loads(report.privacy.read_text())
+    assert privacy["site_ledgers"]["agree"] is True
+    assert "give the same final ε for every client" in report.markdown.read_text()
+
+
 def test_epsilon_unchanged_in_rounds_a_client_sat_out(dp_run):
     records = PrivacyLedger(dp_run.run_dir / "privacy" / "ledger.jsonl").records()
     rows = _rows(dp_run.run_dir)

@@ -27,6 +27,22 @@ def test_record_round_trips_through_json():
     assert LedgerRecord.from_dict(json.loads(text)) == original
 
 
+def test_later_fields_round_trip_and_older_ledgers_still_read():
+    new = record(run="r1", release=2**53 - 1, outcome="refused", site_epsilon=1.5,
+                 reason="over budget")
+    assert LedgerRecord.from_dict(json.loads(json.dumps(new.to_dict()))) == new
+    assert new.spends and not new.aggregated and not new.exhaustion_marker
+    old = record().to_dict()
+    for key in ("run", "release", "outcome", "site_epsilon", "reason"):
+        del old[key]
+    read = LedgerRecord.from_dict(old)
+    assert read.outcome is None and read.aggregated  # an old released record was used
+    marker = LedgerRecord.from_dict(record(steps=0, released=False).to_dict())
+    assert marker.exhaustion_marker and not marker.spends
+    with pytest.raises(LedgerError, match="'release' must be an integer or null"):
+        LedgerRecord.from_dict({**new.to_dict(), "release": "x"})
+
+
 def test_record_from_dict_names_every_bad_field():
     data = record().to_dict()
     del data["steps"]
@@ -63,7 +79,7 @@ def test_appended_records_are_read_back_per_client(tmp_path):
     reread = PrivacyLedger(ledger.path)
     assert reread.records() == [*first, record(2, 0, 0.9, released=False,
                                                 noise_multiplier=2.0, steps=10)]
-    assert reread.history(0) == [(1.1, 0.1, 50), (2.0, 0.1, 10)]
+    assert reread.history(0) == [(1.1, 0.1, 50)]  # only released updates spend
     assert reread.latest_epsilon() == {0: 0.9, 1: 0.7}
     assert reread.last_round() == 2
     assert reread.torn_lines == 0

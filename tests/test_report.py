@@ -139,11 +139,13 @@ def test_privacy_json_numbers_are_the_ledgers(dp_runs, dp_report, which):
     assert privacy["ledger_records"] == len(ledger)
     assert set(privacy["clients"]) == {str(c) for c in by_client}
     fields = ("round", "epsilon", "steps", "noise_multiplier", "sample_rate",
-              "released")
+              "released", "outcome")
     for cid, records in by_client.items():
         trained = [r for r in records if r["steps"] > 0]
         entry, last = privacy["clients"][str(cid)], (trained or records)[-1]
-        assert entry["epsilon_by_round"] == [{k: r[k] for k in fields} for r in records]
+        assert entry["epsilon_by_round"] == [
+            {**{k: r[k] for k in fields}, "aggregated": r["outcome"] == "aggregated"}
+            for r in records]
         assert entry["final_epsilon"] == records[-1]["epsilon"] == last["epsilon"]
         for key in ("delta", "accountant", "noise_multiplier", "sample_rate", "budget"):
             assert entry[key] == last[key], key

@@ -134,7 +134,7 @@ def submit(
     target_epsilon: Annotated[float | None, typer.Option(help="Calibrate noise to this epsilon.")] = None,
     max_grad_norm: Annotated[float | None, typer.Option(help="DP-SGD clipping norm.")] = None,
     delta: Annotated[float | None, typer.Option(help="DP delta.")] = None,
-    accountant: Annotated[str | None, typer.Option(help="rdp, prv or gdp.")] = None,
+    accountant: Annotated[str | None, typer.Option(help="rdp or prv (gdp is refused: approximate, may understate).")] = None,
     epsilon_budget: Annotated[float | None, typer.Option(help="Per-site epsilon budget.")] = None,
     secure_agg: Annotated[str | None, typer.Option(help="none, or he (CKKS).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML file with these options.")] = None,

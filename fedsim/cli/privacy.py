@@ -55,14 +55,14 @@ def _settings_table(p: DPPlan) -> Table:
 
 
 def _accountant_label(kind: str) -> str:
+    from fedsim.privacy.accounting import GDP_LABEL
+
     return f"{kind} ({GDP_LABEL})" if kind == "gdp" else kind
 
 
-GDP_LABEL = "approximate, may understate"
-
-
 def _epsilon_table(p: DPPlan) -> Table:
-    table = Table(title=f"Cumulative epsilon at delta {p.delta:.3g}")
+    note = " (gdp: approximate, may understate)" if p.accountant == "gdp" else ""
+    table = Table(title=f"Cumulative epsilon at delta {p.delta:.3g}{note}")
     table.add_column("participation", justify="right")
     table.add_column("epsilon", justify="right")
     table.add_column("")
@@ -84,7 +84,10 @@ def _warnings(p: DPPlan) -> list[str]:
             "delta allows releasing some example outright; lower --delta"
         )
     if p.accountant == "gdp":
-        notes.append("the gdp accountant is experimental and can underestimate epsilon")
+        from fedsim.privacy.accounting import GDP_LABEL, gdp_warning
+
+        notes.append(f"gdp: {GDP_LABEL}; every epsilon above may be too low. Opacus: "
+                     f"\"{gdp_warning()}\" Runs refuse gdp: plan with rdp or prv.")
     return notes
 
 
@@ -99,7 +102,8 @@ _TARGET = ("Epsilon a client may reach at most (after K participations); calibra
            "the noise.")
 _CAP = ("K: the most rounds one client may train in (the server enforces it); "
         "default every round.")
-_ACCOUNTANT = "rdp, prv or gdp (Opacus accountants)."
+_ACCOUNTANT = ("rdp, prv or gdp (Opacus accountants; gdp is approximate, may understate, "
+               "and runs refuse it).")
 
 
 @app.command("plan")

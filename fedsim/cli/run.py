@@ -11,6 +11,27 @@ from rich.console import Console
 from fedsim.config import resolve_config
 
 
+def _noise_warning(console: Console, cfg, started) -> None:
+    """Warn in one line, before training, when DP noise would drown the signal."""
+    import json
+    import statistics
+
+    from fedsim.client.dp_step import noise_for
+    from fedsim.privacy.accounting import noise_warning
+
+    parts = json.loads((started.run_dir / "partitions.json").read_text())["clients"]
+    n = int(statistics.median(int(c["train"]) for c in parts.values()))
+    dp = {"noise_multiplier": cfg.noise_multiplier, "target_epsilon": cfg.target_epsilon,
+          "delta": cfg.delta, "accountant": cfg.accountant,
+          "max_participations": cfg.max_participations}
+    sigma = noise_for(dp, n=n, batch_size=cfg.batch_size, local_epochs=cfg.local_epochs,
+                      rounds=cfg.rounds)
+    line = noise_warning(noise_multiplier=sigma, dataset_size=n, batch_size=cfg.batch_size,
+                         num_params=started.prepared.num_parameters)
+    if line:
+        console.print(f"[yellow]warning:[/] {line}", highlight=False)
+
+
 def _describe_privacy(console: Console, cfg, started) -> None:
     if cfg.dp:
         from fedsim.privacy.accounting import participation_cap
@@ -27,6 +48,10 @@ def _describe_privacy(console: Console, cfg, started) -> None:
         console.print(f"DP-SGD on every client (sample-level): {noise}, clip "
                       f"{cfg.max_grad_norm}, {delta}, {cfg.accountant} accountant{budget}; "
                       "ledger: privacy/ledger.jsonl", highlight=False)
+        from fedsim.privacy.releases import header_line
+
+        console.print(header_line(model=cfg.model), highlight=False)
+        _noise_warning(console, cfg, started)
         if cfg.insecure_reproducible_noise:
             console.print("[bold red]--insecure-reproducible-noise: NO DP AGAINST THE "
                           "SERVER.[/] Noise and Poisson batches derive from (seed, round, "
@@ -65,7 +90,7 @@ def run(
     max_participations: Annotated[int | None, typer.Option(help="Cap K on the rounds one client trains in; the server never samples it more often, and --target-epsilon calibrates for K. [default: every round]")] = None,
     max_grad_norm: Annotated[float | None, typer.Option(help="DP-SGD per-sample clipping norm. [default: 1.0]")] = None,
     delta: Annotated[float | None, typer.Option(help="DP delta. [default: min(1e-5, 0.1/n) for a client with n examples, below 1/n]")] = None,
-    accountant: Annotated[str | None, typer.Option(help="Privacy accountant: rdp, prv or gdp. [default: rdp]")] = None,
+    accountant: Annotated[str | None, typer.Option(help="Privacy accountant: rdp or prv (gdp is refused: it is approximate and may understate epsilon). [default: rdp]")] = None,
     epsilon_budget: Annotated[float | None, typer.Option(help="Per-client epsilon budget: a client refuses a round that would exceed it, and the server refuses such an update. [default with --target-epsilon: the target]")] = None,
     insecure_reproducible_noise: Annotated[bool | None, typer.Option("--insecure-reproducible-noise", help="INSECURE, research only: derive DP-SGD's noise and Poisson batches from (seed, round, client) so a run repeats exactly. The server knows those numbers and can remove the noise: NO DP AGAINST THE SERVER (or, under HE, against other clients).")] = None,
     secure_agg: Annotated[str | None, typer.Option(help="none, or he: clients send CKKS ciphertexts and the server sums what it cannot read. [default: none]")] = None,

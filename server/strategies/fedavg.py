@@ -107,9 +107,33 @@ class FedsimFedAvg(FedAvg):
         """The config one client receives (a subclass may add per-client entries)."""
         return config
 
-    def admit(self, server_round: int, client_id: int, msg: Message) -> bool:
-        """Last check before a checked reply enters the sum (DP writes its ledger)."""
+    def screen(self, server_round: int, client_id: int, msg: Message) -> bool:
+        """Whether a reply with valid metrics may go on to the payload check and sum.
+
+        DP refuses here (budget, missing accounting) and records what it refused.
+        """
         return True
+
+    def admit(self, server_round: int, client_id: int, msg: Message) -> None:
+        """A reply entered this round's sum (DP makes its ledger record durable)."""
+
+    def not_used(self, server_round: int, msg: Message, reason: str) -> None:
+        """A training reply was rejected (bad metrics or payload): DP records it."""
+
+    def on_late(self, msg: Message) -> None:
+        """A reply to an earlier round's message arrived after that round closed."""
+        log.info("late reply from client %s (after its round closed); not used",
+                 self._client_of(msg))
+
+    def eligible_evaluators(self, server_round: int) -> list[int] | None:
+        """Clients that may be sampled to evaluate (None: all)."""
+        return None
+
+    def take_late_replies(self) -> None:
+        """Hand every late reply the grid has pulled since to `on_late`."""
+        late = getattr(self._grid, "late_replies", None)
+        for msg in late() if late is not None else []:
+            self.on_late(msg)
 
     # -- helpers ------------------------------------------------------------------
     def _messages(self, record: RecordDict, client_ids: list[int], kind: str) -> list[Message]:
@@ -157,6 +181,7 @@ class FedsimFedAvg(FedAvg):
         server_round += self.round_offset
         self.stats = RoundStats(round=server_round, started=time.monotonic())
         self._global, self._grid = arrays, grid
+        self.take_late_replies()  # before sampling: DP counts late releases first
         if self.stop_reason is not None:
             return []
         ids = self.federation.sample(server_round, self.fraction_train, stream=0,
@@ -171,15 +196,16 @@ class FedsimFedAvg(FedAvg):
             messages.extend(self._messages(record, [cid], MessageType.TRAIN))
         return messages
 
-    def _contribution(self, msg: Message, acc, weight: float) -> bool:
+    def _contribution(self, msg: Message, acc, weight: float) -> str | None:
+        """Add the reply to the sum; the reason it was rejected, or None."""
         try:
             acc.add(self.codec.contribution(msg, self._global, weight), weight)
         except (Rejected, FixedPointOverflow) as err:
             metrics = msg.content[protocol.METRICS]
             self._note(Verdict(ok=False, kind="rejected", reason=str(err),
                                client_id=int(metrics[protocol.CLIENT_ID])), msg, "train")
-            return False
-        return True
+            return str(err)
+        return None
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -191,13 +217,19 @@ class FedsimFedAvg(FedAvg):
             verdict = check_metrics(msg)
             if not verdict.ok:
                 self._note(verdict, msg, "train")
+                self.not_used(server_round, msg, verdict.reason)
                 continue
-            if not self.admit(server_round, verdict.client_id, msg):
+            if not self.screen(server_round, verdict.client_id, msg):
                 continue
             metrics = msg.content[protocol.METRICS]
             weight = float(metrics[protocol.NUM_EXAMPLES])
-            if self._contribution(msg, acc, weight):
-                losses.append(float(metrics.get(protocol.TRAIN_LOSS, 0.0)) * weight)
+            rejected = self._contribution(msg, acc, weight)
+            if rejected is not None:
+                self.not_used(server_round, msg, rejected)
+                continue
+            self.admit(server_round, verdict.client_id, msg)
+            if protocol.TRAIN_LOSS in metrics:  # not sent under DP
+                losses.append(float(metrics[protocol.TRAIN_LOSS]) * weight)
         self._count_timeouts("train")
         self.stats.clients_replied = acc.count
         return self._finish_round(server_round, acc, losses)
@@ -211,8 +243,10 @@ class FedsimFedAvg(FedAvg):
                        f"than --min-clients {self.min_clients}; the run stops with the "
                        f"model of round {server_round - 1}")
             return None, None
-        self.stats.train_loss = math.fsum(losses) / acc.weight
         new = self.codec.finish(acc, self._global)
+        if not losses:  # DP clients send no training loss
+            return new, None
+        self.stats.train_loss = math.fsum(losses) / acc.weight
         return new, MetricRecord({protocol.TRAIN_LOSS: self.stats.train_loss})
 
     # -- federated evaluation -------------------------------------------------
@@ -223,7 +257,8 @@ class FedsimFedAvg(FedAvg):
         self._grid = grid
         if self.stop_reason is not None:
             return []
-        ids = self.federation.sample(server_round, self.fraction_evaluate, stream=1)
+        ids = self.federation.sample(server_round, self.fraction_evaluate, stream=1,
+                                     eligible=self.eligible_evaluators(server_round))
         config[protocol.ROUND] = server_round
         record = RecordDict({protocol.ARRAYS: arrays, protocol.CONFIG: config})
         self.stats.bytes_sent += arrays.count_bytes() * len(ids)

@@ -25,6 +25,12 @@ _LITERALS = {"Partition": Partition, "Device": Device, "AccountantKind": Account
 
 
 DEFAULT_NOISE_MULTIPLIER = 1.0  # --dp without --noise-multiplier or --target-epsilon
+DP_DEFAULTS = {"batch_size": 64, "lr": 0.25, "max_grad_norm": 4.0}
+"""What --dp changes when not given. DP-SGD's noise is added per batch, so small
+batches drown in it (batch 10, lr 0.2 learn nothing under epsilon 8); with these,
+README's DP example (mnist-5k, 10 clients, 20 rounds, epsilon 8) passes 0.85.
+A larger clip than Opacus' usual 1.0 keeps late-training gradients (small, once
+the loss drops) from being swamped by noise fixed at sigma x clip."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -188,6 +194,8 @@ def build_config(values: dict[str, Any]) -> RunConfig:
             continue
         normalized[key] = _coerce(key, value, problems)
     merged = {**RunConfig().to_dict(), **normalized}
+    if merged["dp"] is True:
+        merged.update({k: v for k, v in DP_DEFAULTS.items() if k not in normalized})
     if merged["dp"] is True and merged["noise_multiplier"] is None \
             and merged["target_epsilon"] is None:
         merged["noise_multiplier"] = DEFAULT_NOISE_MULTIPLIER

@@ -299,3 +299,17 @@ def test_plan_with_prv_is_tighter_than_rdp():
     prv = acc.plan(accountant="prv", **common)
     assert all(b < a for a, b in zip(rdp.epsilons, prv.epsilons, strict=True))
     assert not math.isnan(prv.final_epsilon)
+
+
+def test_noise_warning_names_the_ratio_and_what_to_change():
+    # README's former DP example: ~13 digits per client, noise 4.3 at batch 10.
+    line = acc.noise_warning(noise_multiplier=4.3, dataset_size=13, batch_size=10,
+                             num_params=188_810)
+    assert line is not None and "\n" not in line
+    assert "~287x the clipped signal" in line and "raise --batch-size" in line
+    # README's DP example now (mnist-5k, 360 examples per client): no warning.
+    assert acc.noise_warning(noise_multiplier=1.9, dataset_size=360, batch_size=128,
+                             num_params=1_663_370) is None
+    ratio = acc.noise_to_signal(noise_multiplier=2.0, dataset_size=100, batch_size=100,
+                                num_params=10_000)
+    assert ratio == pytest.approx(2.0 * 100 / 100)

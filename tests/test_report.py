@@ -211,6 +211,18 @@ def test_statement_quotes_the_ledger(dp_runs, dp_report):
     assert "sample-level differential privacy" in text
     assert "not client-level DP" in text
     assert "secure aggregation was off" in text
+    assert "privacy/ledger.jsonl, the server's record" in text  # which ledger
+
+
+def test_not_protected_lists_every_release_outside_dp(dp_report):
+    from fedsim.privacy.releases import OFF_UNDER_DP, RELEASES
+
+    text = " ".join(dp_report.markdown.read_text().split())
+    not_protected = text[text.index("Not protected:"):]
+    for release in RELEASES:
+        assert f"Released outside DP, {release.name}: {release.what}" in not_protected
+    assert "Not sent under DP at all: " + "; ".join(OFF_UNDER_DP) in not_protected
+    assert "no DP against the server" not in text  # secret noise
 
 
 def test_plain_run_says_dp_was_off(real_runs, tmp_path):
@@ -218,6 +230,7 @@ def test_plain_run_says_dp_was_off(real_runs, tmp_path):
     text = written.html.read_text()
     assert text.count("DP was off in this run") == 2
     assert "Nothing beyond ordinary access control" in text
+    assert "Released outside DP" not in text
     privacy = json.loads(written.privacy.read_text())
     assert privacy["dp"] is False and privacy["clients"] == {}
     assert len(_page(text).images) == 3

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -13,6 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedsim import protocol
 from fedsim.client.training import evaluate, resolve_device
 from fedsim.config import RunConfig
+from fedsim.errors import RunInterrupted
 from fedsim.fedmodels.models import ModelSpec, build_model
 from fedsim.fedmodels.store import open_store
 from fedsim.protocol import is_encrypted
@@ -48,6 +50,8 @@ class ServerPlan:
     handshake_timeout: float = 120.0
     resume_round: int = 0  # rounds already completed (a resumed run)
     resume_arrays: ArrayRecord | None = None  # the global state after that round
+    # set from outside (SIGINT/SIGTERM) to end the run after the last completed round
+    stop: threading.Event = field(default_factory=threading.Event)
 
 
 def client_settings(plan: ServerPlan) -> dict:
@@ -105,13 +109,15 @@ class CentralEvaluator:
 
 
 def _round_end_hook(strategy: FedsimFedAvg, evaluator: CentralEvaluator | None,
-                    listener: RoundListener):
+                    listener: RoundListener, completed: dict):
+    """The end-of-round hook; `completed` keeps the last recorded round and its state."""
     def hook(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0 and strategy.round_offset:
             return None  # a resumed run: the initial evaluation was done before
         server_round += strategy.round_offset
         if strategy.stop_reason is not None and strategy.stats.clients_sampled == 0:
             return None  # the run has ended early; nothing happened this round
+        completed.update(round=server_round, arrays=arrays)
         record: dict = {"round": server_round}
         metrics: dict = {}
         if evaluator is not None:
@@ -164,8 +170,13 @@ def make_strategy(plan: ServerPlan, federation) -> FedsimFedAvg:
 def run_server(grid: Grid, plan: ServerPlan, listener: RoundListener) -> None:
     """The ServerApp body: discover clients, run the rounds, hand over the model."""
     cfg = plan.config
-    federation = discover(grid, expected=cfg.clients, seed=cfg.seed,
-                          timeout=plan.handshake_timeout)
+    streaming = StreamingGrid(grid, stop=plan.stop)
+    try:
+        federation = discover(streaming, expected=cfg.clients, seed=cfg.seed,
+                              timeout=plan.handshake_timeout)
+    except RunInterrupted:
+        log.info("stop requested before the first round")
+        return
     listener.on_start({"clients": len(federation.nodes)})
     strategy = make_strategy(plan, federation)
     readable = strategy.codec.readable
@@ -176,17 +187,31 @@ def run_server(grid: Grid, plan: ServerPlan, listener: RoundListener) -> None:
         config[protocol.DATA_DIR] = plan.data_dir
     initial = (plan.resume_arrays if plan.resume_arrays is not None
                else ArrayRecord(initial_model(plan).state_dict()))
-    result = strategy.start(
-        grid=StreamingGrid(grid),
-        initial_arrays=initial,
-        num_rounds=cfg.rounds - plan.resume_round,
-        timeout=cfg.round_timeout,
-        train_config=config,
-        evaluate_config=ConfigRecord(dict(config)),
-        evaluate_fn=_round_end_hook(strategy, evaluator, listener),
-    )
+    completed = {"round": plan.resume_round, "arrays": initial}
+    try:
+        result = strategy.start(
+            grid=streaming,
+            initial_arrays=initial,
+            num_rounds=cfg.rounds - plan.resume_round,
+            timeout=cfg.round_timeout,
+            train_config=config,
+            evaluate_config=ConfigRecord(dict(config)),
+            evaluate_fn=_round_end_hook(strategy, evaluator, listener, completed),
+        )
+    except RunInterrupted:
+        _finish_interrupted(listener, completed)
+        return
     final = result.arrays if result.arrays is not None and len(result.arrays) else initial
     listener.on_finish(final, {"stop_reason": strategy.stop_reason,
+                               "encrypted": is_encrypted(final)})
+
+
+def _finish_interrupted(listener: RoundListener, completed: dict) -> None:
+    """Hand over the state of the last completed round; the abandoned one leaves no trace."""
+    final = completed["arrays"]
+    log.info("stop requested: the round in progress is abandoned; the run keeps "
+                "%d completed round(s)", completed["round"])
+    listener.on_finish(final, {"interrupted": True, "rounds_completed": completed["round"],
                                "encrypted": is_encrypted(final)})
 
 

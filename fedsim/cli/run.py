@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from fedsim.config import resolve_config
+from fedsim.errors import ConfigError
 
 
 def _describe_privacy(console: Console, cfg, started) -> None:
@@ -58,23 +59,30 @@ def run(
     secure_agg: Annotated[str | None, typer.Option(help="none, or he: clients send CKKS ciphertexts and the server sums what it cannot read. [default: none]")] = None,
     he_params: Annotated[str | None, typer.Option(help="HE parameter set: default or compact. [default: default]")] = None,
     ray_address: Annotated[str | None, typer.Option(help="Run on an existing Ray cluster (HOST:PORT of its head, as `ray start --head` prints) instead of a local Ray.")] = None,
-    out: Annotated[str | None, typer.Option(help="Run folder. [default: runs/<timestamp>]")] = None,
-    resume: Annotated[Path | None, typer.Option("--resume", help="Continue this run folder from its last complete round (its config.json is used; other options are ignored).")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="TOML file with any of these options; flags override it.")] = None,
+    out: Annotated[str | None, typer.Option(help="Run folder; one that already holds a run is refused (see --resume, --force). [default: runs/<timestamp>]")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace the run already in --out (deletes it first).")] = False,
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue this run folder from its last complete round, with its own config.json (no other option but --verbose may be given). [default: none]")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML file with any of these options; flags override it. [default: none]")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower and Ray logs.")] = False,
 ) -> None:
     """Run a FedAvg simulation on Ray, with live progress and a results folder."""
+    options = dict(locals())
+    from fedsim.cli.main import COMMAND_STARTED
+
     if resume is not None:
+        _refuse_options_with_resume(options)
         _resume(resume, verbose=verbose)
         return
-    overrides = {k: v for k, v in locals().items()
-                 if k not in ("config", "verbose", "resume")}
+    overrides = {k: v for k, v in options.items() if k not in _NOT_CONFIG}
     cfg = resolve_config(config_file=config, overrides=overrides)
+    if force and cfg.out is None:
+        raise ConfigError("--force replaces the run in --out: give --out DIR too")
     from fedsim.cli.progress import ProgressListener
+    from fedsim.simulations.rundir import RunClock
     from fedsim.simulations.runner import simulate, start_run
 
     console = Console()
-    started = start_run(cfg)
+    started = start_run(cfg, force=force)
     _describe_privacy(console, cfg, started)
     console.print(
         f"fedsim: {cfg.clients} clients on '{cfg.dataset}' ({cfg.partition}), model "
@@ -82,14 +90,31 @@ def run(
         f"{cfg.rounds} rounds -> {started.run_dir}",
         highlight=False,
     )
-    with ProgressListener(console, cfg.rounds) as progress:
-        outcome = simulate(cfg, listener=progress, verbose=verbose, started=started)
+    clock = RunClock(started=COMMAND_STARTED)
+    with ProgressListener(console, cfg.rounds, clock=clock) as progress:
+        outcome = simulate(cfg, listener=progress, verbose=verbose, started=started,
+                           started_at=COMMAND_STARTED)
     _finish(console, outcome)
 
 
+_NOT_CONFIG = ("config", "verbose", "resume", "force")  # options that are not RunConfig fields
+
+
+def _refuse_options_with_resume(options: dict) -> None:
+    """--resume reruns a folder's own config.json: any other option would be ignored."""
+    given = [k for k, v in options.items()
+             if k not in ("resume", "verbose") and v not in (None, False)]
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ConfigError(f"--resume continues the run with its own config.json, so "
+                          f"{flags} would be ignored; drop {'it' if len(given) == 1 else 'them'}"
+                          " (to change settings, start a new run)")
+
+
 def _resume(run_dir: Path, *, verbose: bool) -> None:
+    from fedsim.cli.main import COMMAND_STARTED
     from fedsim.cli.progress import ProgressListener
-    from fedsim.simulations.rundir import load_checkpoint
+    from fedsim.simulations.rundir import RunClock, load_checkpoint
     from fedsim.simulations.runner import reopen_run, resume
 
     console = Console()
@@ -98,9 +123,12 @@ def _resume(run_dir: Path, *, verbose: bool) -> None:
     done = checkpoint.round if checkpoint else 0
     console.print(f"fedsim: resuming {run_dir} after round {done} of "
                   f"{started.config.rounds}", highlight=False)
-    with ProgressListener(console, started.config.rounds) as progress:
+    clock = RunClock(started=COMMAND_STARTED,
+                     prior_s=checkpoint.wall_time_s if checkpoint else 0.0)
+    with ProgressListener(console, started.config.rounds, clock=clock) as progress:
         progress.progress.update(progress.task, completed=done)
-        outcome = resume(run_dir, listener=progress, verbose=verbose)
+        outcome = resume(run_dir, listener=progress, verbose=verbose,
+                         started_at=COMMAND_STARTED)
     _finish(console, outcome)
 
 
@@ -109,7 +137,13 @@ def _finish(console: Console, outcome) -> None:
     from fedsim.cli.report import write_report
 
     console.print(summary_table(outcome.summary, str(outcome.run_dir)))
-    if outcome.summary.get("stop_reason"):
-        console.print(f"[yellow]stopped early:[/] {outcome.summary['stop_reason']}")
+    reason = outcome.summary.get("stop_reason")
+    if reason:
+        label = "stopped" if outcome.interrupted else "stopped early"
+        console.print(f"[yellow]{label}:[/] {reason}", highlight=False)
     write_report(outcome.run_dir)
-    console.print(f"results: {outcome.run_dir}")
+    console.print(f"results: {outcome.run_dir}", highlight=False)
+    if outcome.interrupted:
+        from fedsim.simulations.signals import exit_code
+
+        raise typer.Exit(exit_code(outcome.interrupted))

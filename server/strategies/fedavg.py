@@ -46,6 +46,7 @@ class RoundStats:
     fed_loss: float | None = None
     fed_accuracy: float | None = None
     eval_clients: int = 0
+    fed_examples: int = 0  # validation examples behind fed_accuracy
 
     def to_dict(self) -> dict:
         """Plain values for metrics.jsonl (without the start timestamp)."""
@@ -258,6 +259,7 @@ class FedsimFedAvg(FedAvg):
         if total == 0:
             return None
         self.stats.eval_clients = len(counts)
+        self.stats.fed_examples = int(total)
         self.stats.fed_loss = math.fsum(losses) / total
         self.stats.fed_accuracy = math.fsum(hits) / total
         return MetricRecord({protocol.EVAL_LOSS: self.stats.fed_loss,

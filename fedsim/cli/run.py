@@ -140,9 +140,9 @@ def _finish(console: Console, outcome) -> None:
     reason = outcome.summary.get("stop_reason")
     if reason:
         label = "stopped" if outcome.interrupted else "stopped early"
-        console.print(f"[yellow]{label}:[/] {reason}", highlight=False)
+        console.print(f"[yellow]{label}:[/] {reason}", highlight=False, soft_wrap=True)
     write_report(outcome.run_dir)
-    console.print(f"results: {outcome.run_dir}", highlight=False)
+    console.print(f"results: {outcome.run_dir}", highlight=False, soft_wrap=True)
     if outcome.interrupted:
         from fedsim.simulations.signals import exit_code
 

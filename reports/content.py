@@ -157,6 +157,13 @@ def _train_examples(run: RunData, client_id: int) -> str:
     return fmt(entry.get("train"))
 
 
+def _exhausted_cell(client: ClientPrivacy) -> str:
+    """The round a client ran out of budget, or why there is none."""
+    if client.exhausted_round is not None:
+        return str(client.exhausted_round)
+    return "—" if client.remaining is None else "not refused"
+
+
 def top_clients_section(run: RunData, clients: list[ClientPrivacy]) -> Section:
     """List the clients nearest their budget (or with the highest ε)."""
     chosen = nearest_budget(clients, TOP_CLIENTS)
@@ -170,14 +177,18 @@ def top_clients_section(run: RunData, clients: list[ClientPrivacy]) -> Section:
                   str(c.released_updates),
                   str(sum(r.steps for r in c.records)),
                   _train_examples(run, c.client_id),
-                  fmt(c.exhausted_round)) for c in chosen)
+                  _exhausted_cell(c)) for c in chosen)
     table = Table(headers=("client", "final ε", "δ", "budget", "budget left",
                            "participations", "updates used", "DP-SGD steps",
                            "train examples", "exhausted in round"), rows=rows,
                   numeric=tuple(range(1, 10)))
     return Section(title=title, blocks=(
         Paragraph(text="From the privacy ledger (each client's last record); the exact "
-                       "values and every round's ε are in privacy.json."), table))
+                       "values and every round's ε are in privacy.json. A client is "
+                       "exhausted in the round it refused because training would take it "
+                       "past its budget, or whose ε reached the budget; \"not refused\" "
+                       "means it was not sampled again after its last round, even if what "
+                       "is left is less than one more round would cost."), table))
 
 
 def accuracy_section(run: RunData) -> Section:
@@ -215,8 +226,14 @@ def participation_section(run: RunData, clients: list[ClientPrivacy]) -> Section
     if run.dp_on:
         counts["budget exhausted (so far)"] = exhausted_counts(run, clients)
     counts |= {"rejected": column("rejected"), "failed": column("failed")}
-    fig = plots.count_bars(rounds, counts, "Clients per round")
-    caption = "Clients per round: " + ", ".join(counts)
+    # a count that is 0 in every round is named, not drawn (its line would hide
+    # under another one at zero)
+    zero = [name for name, values in counts.items() if not any(values)]
+    drawn = {name: values for name, values in counts.items() if name not in zero}
+    fig = plots.count_bars(rounds, drawn or counts, "Clients per round")
+    caption = "Clients per round: " + ", ".join(drawn or counts)
+    if zero and drawn:
+        caption += "; 0 in every round (not drawn): " + ", ".join(zero)
     return Section(title=title, blocks=(
         Image(name="clients_per_round", png=plots.png_bytes(fig), caption=caption),))
 

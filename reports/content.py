@@ -81,7 +81,11 @@ def outcome_section(run: RunData) -> Section:
         ("best central test accuracy", fmt(max(central, default=None))),
         ("final federated accuracy", fmt(finite(last.get("fed_accuracy")))),
         ("client updates", fmt(summary.get("client_updates"))),
-        ("wall time of the rounds (s)", fmt(finite(summary.get("rounds_wall_time_s")))),
+        ("wall time (s), command start to last completed round",
+         fmt(finite(summary.get("wall_time_s", summary.get("rounds_wall_time_s"))))),
+        ("federated accuracy measured on (examples)",
+         fmt(last.get("fed_examples"))),
+        ("stopped", fmt(summary.get("stop_reason"))),
     )
     return Section(title="Outcome", blocks=(
         Table(headers=("measure", "value"), rows=rows, numeric=(1,)),))

@@ -213,7 +213,8 @@ def _start_ray(init_args: dict) -> None:
         return
     path = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
     os.environ["PYTHONPATH"] = path
-    ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}}, **init_args)
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}},
+             **{"include_dashboard": False, **init_args})
 
 
 def _run_federation(plan: ServerPlan, listeners: Listeners, client_app, cfg: RunConfig,

@@ -6,6 +6,8 @@ prompt, never from a flag (flags land in shell history and process lists).
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +16,25 @@ from rich.console import Console
 from rich.table import Table
 
 from fedsim.privacy.he import ParamSetName, get_params
-from fedsim.privacy.keys import PASSPHRASE_ENV, key_info, provision, read_passphrase
+from fedsim.privacy.keys import (
+    PASSPHRASE_ENV,
+    PassphraseError,
+    key_info,
+    provision,
+    read_passphrase,
+)
+
+# client.key is guarded by scrypt (about 0.1 s and 32 MiB per guess): whoever copies
+# the file can guess offline. 12 characters drawn from at least 6 different ones rule
+# out words, names and keyboard runs of a few letters; a few random words pass.
+MIN_PASSPHRASE_LENGTH = 12
+MIN_DISTINCT_CHARACTERS = 6
+
+
+class PassphraseRefused(PassphraseError):
+    """A new key set's passphrase is missing (no terminal) or too weak: bad input."""
+
+    exit_code = 2
 
 app = typer.Typer(
     help="Provision and inspect CKKS keys for secure aggregation. The passphrase "
@@ -22,6 +42,30 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+def check_strength(passphrase: str) -> None:
+    """Refuse a passphrase too weak to guard a copied client.key."""
+    if len(passphrase) < MIN_PASSPHRASE_LENGTH:
+        raise PassphraseRefused(
+            f"the passphrase has {len(passphrase)} characters; use at least "
+            f"{MIN_PASSPHRASE_LENGTH} (a few random words work): it is all that guards "
+            "client.key against anyone who copies the file")
+    if len(set(passphrase)) < MIN_DISTINCT_CHARACTERS:
+        raise PassphraseRefused(
+            f"the passphrase uses only {len(set(passphrase))} different characters; use "
+            f"at least {MIN_DISTINCT_CHARACTERS} (a few random words work)")
+
+
+def new_passphrase() -> str:
+    """The passphrase for a new key set: $FEDSIM_HE_PASSPHRASE or a prompt, checked."""
+    if os.environ.get(PASSPHRASE_ENV) is None and not sys.stdin.isatty():
+        raise PassphraseRefused(
+            f"no terminal to ask for the passphrase: set {PASSPHRASE_ENV} "
+            f"(e.g. read -rs {PASSPHRASE_ENV}; export {PASSPHRASE_ENV}) and run again")
+    passphrase = read_passphrase(confirm=True)
+    check_strength(passphrase)
+    return passphrase
 
 
 def _table(title: str, rows: list[tuple[str, Any]]) -> Table:
@@ -52,7 +96,7 @@ def init(
 ) -> None:
     """Create a key set: client.key (passphrase-encrypted, 0600) and server.ctx."""
     chosen = get_params(params.value)
-    passphrase = read_passphrase(confirm=True)
+    passphrase = new_passphrase()
     keys = provision(out, params=chosen, passphrase=passphrase, overwrite=force)
     rows = [
         ("parameter set", chosen.name),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -31,8 +31,9 @@ class HEPlan:
 
     server_context_path: str
     fingerprint: str
-    client_key_path: str  # where clients find their key file (sent to them)
-    passphrase_file: str | None = None  # simulation only; deployments use the env
+    client_key_path: str  # simulation: the run folder's he/client.key (deployment sites
+    passphrase_file: str | None = None  # ignore both and use their own node config)
+    run_id: str = ""  # bound into every tag; empty: Flower's run id
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,6 +81,8 @@ def client_settings(plan: ServerPlan) -> dict:
             "key_path": plan.he.client_key_path,
             "passphrase_file": plan.he.passphrase_file,
             "fingerprint": plan.he.fingerprint,
+            "run_id": plan.he.run_id,
+            "clients": cfg.clients,
         }
     return settings
 
@@ -135,7 +138,7 @@ def make_codec(plan: ServerPlan):
     """Plaintext, or CKKS with server.ctx only (never a secret key)."""
     if plan.he is None:
         return PlainCodec()
-    from fedsim.privacy.he import expected_vector_count
+    from fedsim.privacy.he_tag import Layout, initial_basis
     from fedsim.privacy.keys import load_server_context
     from fedsim.server.he_codec import HECodec
 
@@ -143,7 +146,9 @@ def make_codec(plan: ServerPlan):
                                           expect_fingerprint=plan.he.fingerprint)
     n_params = sum(p.numel() for p in build_model(plan.model).state_dict().values())
     return HECodec(public_context=context, fingerprint=plan.he.fingerprint,
-                   expected_count=expected_vector_count(n_params, params))
+                   layout=Layout(num_params=n_params, num_clients=plan.config.clients),
+                   params_name=params.name,
+                   initial_basis=initial_basis(plan.model.to_dict(), plan.config.seed))
 
 
 def make_strategy(plan: ServerPlan, federation) -> FedsimFedAvg:
@@ -164,6 +169,8 @@ def make_strategy(plan: ServerPlan, federation) -> FedsimFedAvg:
 def run_server(grid: Grid, plan: ServerPlan, listener: RoundListener) -> None:
     """The ServerApp body: discover clients, run the rounds, hand over the model."""
     cfg = plan.config
+    if plan.he is not None and not plan.he.run_id:
+        plan = replace(plan, he=replace(plan.he, run_id=f"flower-{grid.run.run_id}"))
     federation = discover(grid, expected=cfg.clients, seed=cfg.seed,
                           timeout=plan.handshake_timeout)
     listener.on_start({"clients": len(federation.nodes)})

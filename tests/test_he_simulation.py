@@ -59,14 +59,16 @@ def test_bad_ciphertexts_rejected_round_completes_with_dp(tmp_path, caplog):
     from tests import faulty_he_clients
 
     caplog.set_level("WARNING", logger="fedsim")
-    cfg = _cfg(tmp_path, "faulty", clients=6, secure_agg="he", he_params="compact",
+    # Two honest clients: a sum of one contribution is refused by the clients (it
+    # would show one client's update to the others).
+    cfg = _cfg(tmp_path, "faulty", clients=7, secure_agg="he", he_params="compact",
                dp=True, noise_multiplier=1.0)
     outcome = simulate(cfg, client_app=faulty_he_clients.app)
     rows = _rows(outcome.run_dir)
     assert len(rows) == 2
     for row in rows:
-        assert row["clients_sampled"] == 6
-        assert row["clients_replied"] == 1
+        assert row["clients_sampled"] == 7
+        assert row["clients_replied"] == 2
         assert row["rejected"] == 5
         assert np.isfinite(row["fed_loss"])
     text = caplog.text

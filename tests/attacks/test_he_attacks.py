@@ -8,6 +8,8 @@ strategy, and the real client steps, and asserts the attack is refused.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections import OrderedDict
 from types import SimpleNamespace
 
@@ -16,7 +18,9 @@ import pytest
 import tenseal as ts
 import torch
 from flwr.app import (
+    Array,
     ArrayRecord,
+    ConfigRecord,
     Context,
     Message,
     MessageType,
@@ -30,7 +34,9 @@ from fedsim.client import he_step
 from fedsim.fedmodels.models import ModelSpec, build_model, register
 from fedsim.privacy import he, he_tag, keys
 from fedsim.server.aggregate import Accumulator
+from fedsim.server.federation import Federation
 from fedsim.server.he_codec import HECodec
+from fedsim.server.strategies.fedavg import FedsimFedAvg
 from tests.attacks import wire
 
 PASS = "attack test passphrase"
@@ -307,3 +313,324 @@ def test_attack_tag_soundness_bound_is_overwhelming(keyset):
         layout = he_tag.Layout(num_params=n, num_clients=100)
         assert he_tag.forgery_bound(layout, 33, delta=4.0) < -128
         assert he_tag.forgery_bound(layout, 40, delta=0.5) < -128
+
+
+# --- one reply never ends a round --------------------------------------------------
+
+
+def strategy_for(ks, server_round: int = 1) -> FedsimFedAvg:
+    """The real FedAvg strategy with the real HE codec, at the start of a round."""
+    nodes = {cid: 100 + cid for cid in range(CLIENTS)}
+    strategy = FedsimFedAvg(federation=Federation(nodes=nodes, seed=1), fraction=1.0,
+                            fraction_evaluate=1.0, codec=codec(ks))
+    strategy._global = plain_initial()
+    strategy.codec.start_round(server_round, strategy._global)
+    strategy.stats.round, strategy.stats.clients_sampled = server_round, CLIENTS
+    return strategy
+
+
+def replace_blob(reply: Message, blob: bytes, *, cid: int = 3) -> Message:
+    """Client `cid` sends `blob` as its (only) ciphertext, all else as an honest reply."""
+    content = reply.content
+    arrays = ArrayRecord({protocol.ciphertext_key(0): Array(np.frombuffer(blob, np.uint8))})
+    metrics = MetricRecord({protocol.CLIENT_ID: cid, protocol.NUM_EXAMPLES: 5.0})
+    return as_reply(RecordDict({protocol.ARRAYS: arrays, protocol.METRICS: metrics,
+                                protocol.HE_CONFIG: content[protocol.HE_CONFIG]}))
+
+
+def honest_blob(reply: Message) -> bytes:
+    return protocol.ciphertext_blobs(reply.content[protocol.ARRAYS])[0]
+
+
+def ntt_cleared(blob: bytes, fp: str) -> bytes:
+    payload = wire.payload_of(blob)
+    members = bytearray(wire.inflate(payload))
+    members[32] = 0  # the NTT-form flag
+    return wire.frame(wire.with_members(payload, bytes(members)), fp)
+
+
+def run_round(strategy: FedsimFedAvg, replies) -> tuple[ArrayRecord | None, int]:
+    record, _ = strategy.aggregate_train(1, replies)
+    return record, strategy.stats.rejected
+
+
+def test_attack_ntt_flag_reply_is_rejected_and_round_goes_on(keyset, round1, caplog):
+    caplog.set_level("WARNING", logger="fedsim")
+    strategy = strategy_for(keyset)
+    bad = replace_blob(round1.replies[0], ntt_cleared(honest_blob(round1.replies[0]),
+                                                      keyset.fp))
+    record, rejected = run_round(strategy, [round1.replies[0], bad, *round1.replies[1:]])
+    assert rejected == 1 and strategy.stats.clients_replied == 3
+    assert "NTT-form flag is 0" in caplog.text
+    assert open_global(keyset, record, server_round=2)  # the honest sum still verifies
+
+
+def test_attack_oversized_frame_and_field_are_rejected_unread(keyset, round1, caplog):
+    caplog.set_level("WARNING", logger="fedsim")
+    blob = honest_blob(round1.replies[0])
+    payload = wire.payload_of(blob)
+    huge = wire.frame(payload + wire.proto_field(99, bytes(20 << 20)), keyset.fp)
+    small = wire.frame(payload + wire.proto_field(99, b"x" * 100), keyset.fp)
+    strategy = strategy_for(keyset)
+    record, rejected = run_round(strategy, [*round1.replies, replace_blob(round1.replies[0],
+                                            huge), replace_blob(round1.replies[0], small)])
+    assert rejected == 2 and strategy.stats.clients_replied == 3
+    assert "above the" in caplog.text and "unexpected protobuf field 99" in caplog.text
+
+
+@pytest.mark.parametrize("bomb", ["streamed", "declared", "trailing"])
+def test_attack_zstd_bomb_is_rejected_without_inflating(keyset, round1, caplog, bomb):
+    caplog.set_level("WARNING", logger="fedsim")
+    payload = wire.payload_of(honest_blob(round1.replies[0]))
+    _, seal, _ = wire.split_proto(payload)
+    body = {"streamed": lambda: wire.zstd_bomb(256),
+            "declared": lambda: wire.zstd_bomb(0, declare=1 << 28),
+            "trailing": lambda: seal[16:] + wire.zstd_bomb(16)}[bomb]()
+    assert len(body) < 200_000
+    blob = wire.frame(wire.with_seal(payload, wire.seal_object(body)), keyset.fp)
+    strategy = strategy_for(keyset)
+    _, rejected = run_round(strategy, [*round1.replies, replace_blob(round1.replies[0], blob)])
+    assert rejected == 1 and strategy.stats.clients_replied == 3
+    assert "zstd" in caplog.text
+
+
+def test_attack_any_exception_while_adding_rejects_only_that_reply(keyset, round1, caplog):
+    caplog.set_level("WARNING", logger="fedsim")
+    strategy = strategy_for(keyset)
+    real = strategy.codec.contribution
+
+    def flaky(msg, global_arrays, weight):
+        if msg.content[protocol.METRICS][protocol.CLIENT_ID] == 1:
+            raise RuntimeError("TenSEAL blew up")
+        return real(msg, global_arrays, weight)
+
+    strategy.codec.contribution = flaky
+    _, rejected = run_round(strategy, round1.replies)
+    assert rejected == 1 and strategy.stats.clients_replied == 2
+    assert "client 1" in caplog.text and "RuntimeError: TenSEAL blew up" in caplog.text
+
+
+def _mutants(blob: bytes, fp: str, count: int, rng: np.random.Generator):
+    """(kind, bytes) of many broken ciphertexts; 'flip' ones may still parse."""
+    payload = wire.payload_of(blob)
+    members = wire.inflate(payload)
+    _, seal, _ = wire.split_proto(payload)
+    bomb = wire.zstd_bomb(64)
+    fixed = {
+        "ntt": ntt_cleared(blob, fp),
+        "parms": wire.frame(wire.with_members(payload, bytes(8) + members[8:]), fp),
+        "size3": wire.frame(wire.with_members(
+            payload, members[:33] + (3).to_bytes(8, "little") + members[41:]), fp),
+        "scale": wire.frame(wire.with_members(
+            payload, members[:57] + bytes(8) + members[65:]), fp),
+        "field": wire.frame(payload + wire.proto_field(7, b"\x00" * 64), fp),
+        "bomb": wire.frame(wire.with_seal(payload, wire.seal_object(bomb)), fp),
+        "trail": wire.frame(wire.with_seal(payload, wire.seal_object(seal[16:] + b"\0")), fp),
+        "raw": wire.frame(wire.with_seal(payload, wire.seal_object(members[:-8], 0)), fp),
+    }
+    kinds = [*fixed, "cut", "cut-reframed", "flip", "flip-reframed", "garbage"]
+    for i in range(count):
+        kind = kinds[i % len(kinds)]
+        if kind in fixed:
+            yield kind, fixed[kind]
+        elif kind == "cut":
+            yield kind, blob[: int(rng.integers(0, len(blob)))]
+        elif kind == "cut-reframed":
+            yield kind, wire.frame(payload[: int(rng.integers(0, len(payload)))], fp)
+        elif kind == "garbage":
+            yield kind, rng.integers(0, 256, int(rng.integers(1, 2000)), np.uint8).tobytes()
+        else:
+            at = int(rng.integers(0, len(payload if kind == "flip-reframed" else blob)))
+            data = bytearray(payload if kind == "flip-reframed" else blob)
+            data[at] ^= 1 << int(rng.integers(0, 8))
+            yield kind, wire.frame(bytes(data), fp) if kind == "flip-reframed" else bytes(data)
+
+
+def test_attack_fuzzed_replies_never_end_the_round(keyset, round1):
+    # 1500 mutated replies from client 3 among the honest ones, through the real
+    # strategy: each is rejected with a reason or (a re-framed bit flip deep in the
+    # coefficients) added; nothing escapes aggregate_train.
+    rng = np.random.default_rng(13)
+    blob = honest_blob(round1.replies[0])
+    kinds: list[str] = []
+
+    def replies():
+        yield from round1.replies
+        for kind, mutant in _mutants(blob, keyset.fp, 1500, rng):
+            kinds.append(kind)
+            yield replace_blob(round1.replies[0], mutant)
+
+    strategy = strategy_for(keyset)
+    record, rejected = run_round(strategy, replies())
+    accepted = strategy.stats.clients_replied - 3
+    assert len(kinds) == 1500 and rejected + accepted == 1500
+    assert accepted <= kinds.count("flip-reframed")  # only those may parse
+    assert record is not None and protocol.is_encrypted(record)
+    if accepted:  # a malicious client's parsable garbage: the clients refuse the sum
+        with pytest.raises(he_tag.TagError):
+            open_global(keyset, record, server_round=2)
+
+
+# --- sites trust only their own configuration ---------------------------------------
+
+
+def _in_thread(fn, timeout: float = 20.0):
+    """Run `fn` with a deadline: a FIFO opened for reading would block forever."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except Exception as err:  # noqa: BLE001 - handed to the test
+            box["error"] = err
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    assert not worker.is_alive(), "the client hung on a path the server sent"
+    return box
+
+
+@pytest.fixture
+def hostile_paths(tmp_path, monkeypatch):
+    """A FIFO and /dev/zero, and a record of every path os.open is asked for."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    opened: list[str] = []
+    real_open = os.open
+
+    def spy(path, *args, **kwargs):
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", spy)
+    he_step._load.cache_clear()
+    yield SimpleNamespace(fifo=str(fifo), zero="/dev/zero", opened=opened)
+    he_step._load.cache_clear()
+
+
+def _context(**node_config) -> Context:
+    return Context(run_id=1, node_id=1, node_config={"partition-id": 0, **node_config},
+                   state=RecordDict(), run_config={})
+
+
+def test_attack_server_sent_key_paths_are_never_opened_by_a_site(
+        keyset, hostile_paths, monkeypatch):
+    monkeypatch.setenv(keys.PASSPHRASE_ENV, PASS)
+    site_key = str(keyset.folder / "client.key")
+    sent = {"key_path": hostile_paths.zero, "passphrase_file": hostile_paths.fifo,
+            "fingerprint": keyset.fp, "run_id": RUN, "clients": CLIENTS}
+    box = _in_thread(lambda: he_step.session_for(sent, _context(**{"he-key": site_key}),
+                                                 "/srv/data"))
+    assert "error" not in box, box.get("error")
+    assert box["value"].keys.fingerprint == keyset.fp
+    assert hostile_paths.zero not in hostile_paths.opened
+    assert hostile_paths.fifo not in hostile_paths.opened
+    assert site_key in hostile_paths.opened
+
+
+@pytest.mark.parametrize("which", ["zero", "fifo"])
+def test_attack_simulation_refuses_paths_outside_its_run_folder(
+        keyset, hostile_paths, tmp_path, which):
+    run = tmp_path / "run"
+    (run / "data").mkdir(parents=True)
+    target = getattr(hostile_paths, which)
+    sent = {"key_path": target, "passphrase_file": target, "fingerprint": keyset.fp,
+            "run_id": RUN, "clients": CLIENTS}
+    box = _in_thread(lambda: he_step.session_for(sent, _context(), str(run / "data")))
+    assert isinstance(box.get("error"), he_step.SiteKeyError)
+    assert "refused unopened" in str(box["error"])
+    assert target not in hostile_paths.opened
+
+
+def test_attack_fifo_inside_the_run_folder_cannot_hang_the_client(keyset, tmp_path,
+                                                                  hostile_paths, caplog):
+    run = tmp_path / "run"
+    (run / "data").mkdir(parents=True)
+    (run / "he").mkdir(mode=0o700)
+    os.chmod(run / "he", 0o700)
+    (run / "he" / "client.key").write_bytes((keyset.folder / "client.key").read_bytes())
+    os.mkfifo(run / "he" / "passphrase")
+    sent = {"key_path": str(run / "he" / "client.key"),
+            "passphrase_file": str(run / "he" / "passphrase"), "fingerprint": keyset.fp,
+            "run_id": RUN, "clients": CLIENTS}
+    box = _in_thread(lambda: he_step.session_for(sent, _context(), str(run / "data")))
+    assert isinstance(box.get("error"), he_step.SiteKeyError)
+    assert "details in the site's log" in str(box["error"])  # nothing for the server
+    assert "not a regular file" in caplog.text
+
+
+def test_attack_wrong_fingerprint_is_refused_before_decryption(keyset, monkeypatch):
+    monkeypatch.setenv(keys.PASSPHRASE_ENV, PASS)
+    he_step._load.cache_clear()
+    site_key = str(keyset.folder / "client.key")
+    sent = {"fingerprint": "0" * 64, "run_id": RUN, "clients": CLIENTS}
+    with pytest.raises(he_step.SiteKeyError, match="nothing was decrypted"):
+        he_step.session_for(sent, _context(**{"he-key": site_key}), None)
+    # A site that pins its key set refuses a key file of another set.
+    pinned = _context(**{"he-key": site_key, "he-fingerprint": "ab" * 32})
+    with pytest.raises(he_step.SiteKeyError, match="KeyFileError"):
+        he_step.session_for(sent | {"fingerprint": keyset.fp}, pinned, None)
+    he_step._load.cache_clear()
+
+
+# --- capacity ---------------------------------------------------------------------------
+
+
+def _capacity_round(ks, clients: int, weight: float, value: float):
+    """`clients` honest contributions of `value` everywhere, through the real codec."""
+    layout = he_tag.Layout(num_params=10, num_clients=clients)
+    basis = he_tag.initial_basis(SPEC.to_dict(), SEED)
+    server = HECodec(public_context=ks.server, fingerprint=ks.fp, layout=layout,
+                     params_name="compact", initial_basis=basis)
+    server.start_round(1, plain_initial())
+    binding = he_tag.Binding(run_id=RUN, round=1, basis=basis)
+    acc, every, refusals = Accumulator(), [], []
+    for cid in range(clients):
+        blobs, clipped = he_tag.seal_contribution(
+            ks.client.context, [np.full(10, value)], weight, cid,
+            secret=ks.client.tag_secret, binding=binding, layout=layout, fingerprint=ks.fp)
+        assert clipped == (10 if abs(value) > he_tag.CLIP_BOUND else 0)
+        reply = as_reply(RecordDict({
+            protocol.ARRAYS: protocol.encrypted_record(blobs, None),
+            protocol.HE_CONFIG: ConfigRecord({protocol.HE_FINGERPRINT: ks.fp,
+                                              protocol.HE_ROUND: 1,
+                                              protocol.HE_BASIS: basis.hex()})}))
+        vectors = he.load_ciphertexts(ks.server, blobs, expected_count=1, fingerprint=ks.fp)
+        every.append(vectors)
+        try:
+            acc.add(server.contribution(reply, plain_initial(), weight), weight)
+        except Exception as err:  # noqa: BLE001 - the codec's Rejected
+            refusals.append(str(err))
+    return SimpleNamespace(layout=layout, binding=binding, acc=acc, every=every,
+                           refusals=refusals)
+
+
+def _open_capacity(ks, outcome, vectors, weight: float):
+    blobs = he.serialize_vectors(vectors, fingerprint=ks.fp)
+    return he_tag.open_global(ks.client.context, blobs, shapes=[(10,)],
+                              secret=ks.client.tag_secret, binding=outcome.binding,
+                              layout=outcome.layout, announced_weight=weight,
+                              min_contributors=2, fingerprint=ks.fp)
+
+
+def test_attack_capacity_100_clients_weight_1000_value_45_no_longer_wraps(keyset):
+    # Unclipped, the compact sum reaches 4.5e6 > 2^22 and clients decrypted -38.9.
+    outcome = _capacity_round(keyset, clients=100, weight=1000.0, value=45.0)
+    assert outcome.refusals == []
+    arrays, opened = _open_capacity(keyset, outcome, outcome.acc.total, outcome.acc.weight)
+    assert np.allclose(arrays[0], he_tag.CLIP_BOUND, atol=1e-5)  # clipped, stated, no wrap
+    assert len(opened.contributors) == 100
+
+
+def test_attack_capacity_overflowing_round_is_refused(keyset):
+    # 30 x 10000 examples x bound 16 = 4.8e6 > 2^22: the codec stops admitting replies
+    # at the capacity and names the set that holds them; a server that adds every
+    # ciphertext anyway gets a global the clients refuse.
+    outcome = _capacity_round(keyset, clients=30, weight=10000.0, value=1.0)
+    assert len(outcome.refusals) == 4  # 26 x 10000 x 16 = 4.16e6 still fits
+    assert "exceeds the 'compact' set's capacity" in outcome.refusals[0]
+    assert "--params default" in outcome.refusals[0]
+    forced = [sum(parts[1:], parts[0]) for parts in zip(*outcome.every, strict=True)]
+    with pytest.raises(he_tag.TagError):
+        _open_capacity(keyset, outcome, forced, 30 * 10000.0)

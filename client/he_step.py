@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 
 from fedsim import protocol
 from fedsim.fedmodels.models import ModelSpec, build_model
@@ -177,7 +177,7 @@ def global_state(record: ArrayRecord, model: torch.nn.Module, session: Session, 
                session.layout_clients, session.min_contributors)
         if key not in _DECRYPTED:
             _DECRYPTED.clear()
-            _DECRYPTED[key] = _open(record, model, session, sum_round)
+            _DECRYPTED[key] = _open(record, model, session, sum_round)[:2]
         state, basis = _DECRYPTED[key]
     session.basis = basis
     return OrderedDict((k, v.clone()) for k, v in state.items())
@@ -208,21 +208,21 @@ def _metadata(record: ArrayRecord) -> tuple[float, int, bytes]:
 
 
 def _open(record: ArrayRecord, model: torch.nn.Module, session: Session, sum_round: int
-          ) -> tuple[OrderedDict, bytes]:
+          ) -> tuple[OrderedDict, bytes, tuple[int, ...]]:
     total, claimed_round, basis = _metadata(record)
     if claimed_round != sum_round:
         raise TagError(f"the global sums round {claimed_round}, expected round {sum_round}")
     reference = model.state_dict()
     shapes = [tuple(t.shape) for t in reference.values()]
     blobs = protocol.ciphertext_blobs(record)
-    arrays, _ = open_global(
+    arrays, opened = open_global(
         session.keys.context, blobs, shapes=shapes, secret=session.keys.tag_secret,
         binding=Binding(run_id=session.run_id, round=sum_round, basis=basis),
         layout=layout_for(model, session), announced_weight=total,
         min_contributors=session.min_contributors, fingerprint=session.keys.fingerprint)
     state = OrderedDict((k, torch.from_numpy(np.asarray(a, dtype=np.float32)))
                         for k, a in zip(reference.keys(), arrays, strict=True))
-    return state, global_basis(blobs, [total, claimed_round, basis])
+    return state, global_basis(blobs, [total, claimed_round, basis]), opened.contributors
 
 
 def layout_for(model: torch.nn.Module, session: Session) -> Layout:
@@ -263,3 +263,34 @@ def encrypted_reply(model: torch.nn.Module, weight: float, session: Session, *,
                           protocol.HE_ROUND: server_round,
                           protocol.HE_BASIS: session.basis.hex()}))
 
+
+
+# --- the run's final model, for a key holder ------------------------------------------
+
+
+ENCRYPTED_MODEL = "model_encrypted.npz"
+ENCRYPTED_MODEL_INFO = "model_encrypted.json"
+
+
+def open_final_model(run_dir: Path, keys: ClientKeySet, *, min_contributors: int = 1
+                     ) -> tuple[OrderedDict, tuple[int, ...]]:
+    """Verify and decrypt a run's model_encrypted.npz: the state dict and contributors.
+
+    The same checks a client makes on a global (tags for the round it sums, bound to
+    the run, presence marks, weight, capacity); raises TagError or HEError.
+    """
+    import json
+
+    info = json.loads((run_dir / ENCRYPTED_MODEL_INFO).read_text())
+    if info.get("fingerprint") != keys.fingerprint:
+        raise SiteKeyError(f"{run_dir} was encrypted under key set "
+                           f"{str(info.get('fingerprint'))[:16]}, this key is "
+                           f"{keys.fingerprint[:16]}")
+    with np.load(run_dir / ENCRYPTED_MODEL, allow_pickle=False) as data:
+        record = ArrayRecord({k: Array(np.ascontiguousarray(data[k])) for k in data.files})
+    model = build_model(ModelSpec.from_dict(info["model"]))
+    session = Session(keys=keys, run_id=str(info["run_id"]),
+                      layout_clients=int(info["clients"]), min_contributors=min_contributors)
+    _, sum_round, _ = _metadata(record)
+    state, _, contributors = _open(record, model, session, sum_round)
+    return state, contributors

@@ -193,8 +193,11 @@ def run_server(grid: Grid, plan: ServerPlan, listener: RoundListener) -> None:
         evaluate_fn=_round_end_hook(strategy, evaluator, listener),
     )
     final = result.arrays if result.arrays is not None and len(result.arrays) else initial
-    listener.on_finish(final, {"stop_reason": strategy.stop_reason,
-                               "encrypted": is_encrypted(final)})
+    info = {"stop_reason": strategy.stop_reason, "encrypted": is_encrypted(final)}
+    if plan.he is not None:  # what a key holder needs to verify and decrypt the model
+        info["he"] = {"run_id": plan.he.run_id, "clients": cfg.clients,
+                      "fingerprint": plan.he.fingerprint, "model": plan.model.to_dict()}
+    listener.on_finish(final, info)
 
 
 def build_server_app(plan: ServerPlan, listener: RoundListener) -> ServerApp:

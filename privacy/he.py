@@ -40,8 +40,15 @@ TenSEAL itself only notices a ciphertext from *different parameters*: two contex
 with the same parameters but different keys load each other's ciphertexts silently
 (and decrypt to noise), hence the fingerprint in every frame. Nor does it notice
 most flipped bytes inside the coefficient data (any value below the prime parses),
-hence the checksum. Neither is a MAC: a malicious sender can forge both; integrity
-against an attacker is the transport's job (TLS).
+hence the checksum. Neither is a MAC: anyone can recompute both. Against a
+malicious server the clients check secret tags after decrypting (`he_tag`); every
+frame a client or the server reads is first checked field by field and capped in
+size (`he_wire`), so malformed bytes are refused before TenSEAL or SEAL parse them.
+
+What "no key" does not give: the server holds no key, yet it can build RLWE
+ciphertexts of its own (c0 = NTT(scale*m), c1 = NTT(1) decrypts to m plus the small
+secret over the scale), add plaintexts, scale by integer polynomials, replay and
+drop. Only the tags of `he_tag` make such a global detectable.
 """
 
 from __future__ import annotations
@@ -215,8 +222,9 @@ def create_context(params: HEParams, *, symmetric: bool = False) -> ts.Context:
 
     ``symmetric=True`` makes a context that encrypts with the secret key itself
     (SEAL's symmetric encryption): 0.4-0.6x the time per ciphertext, 1/7 to 1/10 of
-    the fresh noise, and no public key exists, so only secret-key holders can make
-    ciphertexts. Its server twin holds no key at all, so it cannot identify its key
+    the fresh noise, and no public key exists. That does not stop anyone from making
+    ciphertexts (see the module docstring): clients authenticate sums with `he_tag`.
+    Its server twin holds no key at all, so it cannot identify its key
     set: callers pass the key set's fingerprint (see `keys.provision`).
     """
     kind = ts.ENCRYPTION_TYPE.SYMMETRIC if symmetric else ts.ENCRYPTION_TYPE.ASYMMETRIC

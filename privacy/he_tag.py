@@ -15,7 +15,8 @@ Slot layout of one contribution (`Layout`), then packed into ciphertexts as befo
       num_params values     weight  num_clients values                        TAG_SLOTS
 
 with ``tag_j = <k_j, x> / s`` over every slot x before the tags. The key rows
-k_j (uniform on [-sqrt 3, sqrt 3], a ChaCha20 stream under an HKDF-SHA256 key) are
+k_j (uniform on [-sqrt 3, sqrt 3] in steps of 2^-32 of the range, a ChaCha20 stream
+under an HKDF-SHA256 key) are
 derived from the key set's tag secret (HKDF of the decrypted client.key payload,
 which server.ctx does not hold) and bound to the run id, the round, the hash of
 the global the contribution was trained on, and the layout. Tags are linear, so
@@ -33,8 +34,8 @@ it sends decrypts to  sum_j p_j * x_j + b + noise  for genuine contributions x_j
 server-chosen slot multipliers p_j and offset b, all chosen without knowledge of k.
 Tag j's check is then an affine function of the secret row k_j with coefficients
 d; whenever the accepted content differs from an integer combination of this
-round's contributions by d with max |d_i| >= delta, a continuous uniform k_j makes
-the check pass with probability at most tolerance * s / (sqrt(3) * delta), and the
+round's contributions by d with max |d_i| >= delta, a uniform k_j makes the check
+pass with probability at most tolerance * s / (sqrt(3) * delta) + 2^-32, and the
 TAG_SLOTS rows are independent: `forgery_bound` computes the bound. Integer
 combinations of this round's genuine contributions (made on the same global)
 pass the tags; the presence slots then leave exactly "the sum of a set of distinct
@@ -73,6 +74,7 @@ _KEY_HALF_RANGE = math.sqrt(3.0)  # key entries uniform on [-sqrt 3, sqrt 3]: va
 _NORM = 21.0  # s = 21 sqrt(m): a sum's tags stay under its largest slot, P > 1 - 2^-100
 _TOLERANCE_BITS = 18  # tolerance = 2^18 / scale: far above the noise of 1000 clients
 _CHUNK = 4096  # key columns generated at a time (memory stays flat)
+_KEY_BITS = 32  # each key entry: one of 2^32 evenly spaced values
 
 
 class TagError(HEError):
@@ -146,8 +148,8 @@ def tags_of(x: np.ndarray, secret: bytes, binding: Binding, layout: Layout) -> n
     out = np.zeros(layout.tags)
     for start in range(0, layout.tagged, _CHUNK):
         part = x[start : start + _CHUNK]
-        words = np.frombuffer(stream.update(bytes(8 * layout.tags * part.size)), np.uint64)
-        unit = (words >> np.uint64(11)).astype(np.float64) * 2.0**-53
+        words = np.frombuffer(stream.update(bytes(4 * layout.tags * part.size)), np.uint32)
+        unit = words.astype(np.float64) * 2.0**-_KEY_BITS
         keys = (unit * (2 * _KEY_HALF_RANGE) - _KEY_HALF_RANGE).reshape(layout.tags, -1)
         out += keys @ part
     return out / layout.norm
@@ -233,7 +235,8 @@ def _check_weight(weight: float, announced: float, limit: float, slack: float) -
 
 def forgery_bound(layout: Layout, scale_bits: int, delta: float) -> float:
     """log2 of the probability that a change of max |d| >= delta passes every tag."""
-    per_tag = tolerance(scale_bits) * layout.norm / (_KEY_HALF_RANGE * delta)
+    per_tag = (tolerance(scale_bits) * layout.norm / (_KEY_HALF_RANGE * delta)
+               + 2.0**-_KEY_BITS)  # the key grid's granularity
     return layout.tags * math.log2(min(1.0, per_tag))
 
 

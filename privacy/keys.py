@@ -7,7 +7,10 @@
   nonce); mode 0600. Only clients get it (the passphrase travels separately).
 - ``server.ctx``: the aggregator's context: the encryption parameters and no key at
   all. Clients encrypt with the secret key (symmetric CKKS), so no public key
-  exists: the server can add ciphertexts but can neither read nor make one.
+  exists: the server can add ciphertexts but cannot read one. It *can* build
+  ciphertexts of its own from the parameters alone; what it cannot make is one that
+  clients accept, because clients verify secret tags keyed by HKDF of this file's
+  decrypted payload (`he_tag.tag_secret`), which server.ctx does not hold.
 
 Both share one layout: ``MAGIC``, a 4-byte big-endian header length, a JSON header,
 then the payload. The header names the file kind, format version, parameter set,

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from fedsim.errors import ConfigError
 from fedsim.privacy.he import HEError, ParamSetName, get_params
+from fedsim.privacy.he_tag import CLIP_BOUND
 from fedsim.privacy.keys import (
     PASSPHRASE_ENV,
     key_info,
@@ -69,6 +70,11 @@ def init(
         ("security", f"{chosen.security}-bit (HE standard)"),
         ("encryption", "symmetric: clients encrypt with the secret key; "
                        "server.ctx holds no key"),
+        ("the server", "adds ciphertexts it cannot read; it can build ciphertexts of "
+                       "its own, which clients refuse (secret tags bound to run, round "
+                       "and global); it can still drop clients' contributions"),
+        ("capacity", f"sum of weights x {CLIP_BOUND:g} (clients clip to +-{CLIP_BOUND:g}) "
+                     f"below {chosen.max_abs_sum:.3g}"),
         ("fingerprint", keys.fingerprint),
         ("clients get", f"{keys.client_key_path} (+ the passphrase, separately)"),
         ("server gets", keys.server_context_path),

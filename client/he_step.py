@@ -1,97 +1,296 @@
-"""The client's HE steps: decrypt the encrypted global sum, encrypt the weighted update.
+"""The client's HE steps: find the site's own keys, verify and decrypt the global, encrypt.
 
-The secret context is read from the provisioned, passphrase-protected key file and
-cached per process; its fingerprint must match the one the server announces.
+A site trusts only its own configuration; whatever a message says is input to check:
+
+- **Keys** (`site_keys`). In a deployment (node config ``he-key`` set) the key file,
+  the passphrase (node config ``he-passphrase-file``, else ``FEDSIM_HE_PASSPHRASE``)
+  and the expected key-set fingerprint (node config ``he-fingerprint``, else
+  ``FEDSIM_HE_FINGERPRINT``, else the one bound into the site's own client.key) come
+  from the site only; paths the server sends are never opened. A simulation (no
+  ``he-key``) may use the paths the run sends, and only its own run folder's
+  ``he/client.key`` and ``he/passphrase``, regular files in a 0700 folder. The
+  server's announced fingerprint must equal the site's before anything is decrypted.
+- **The global** (`global_state`). Decrypted and accepted only if its tags verify
+  for the previous round (train) or this round (evaluate), bound to the run and to
+  the global those contributions were trained on (`privacy.he_tag`); its presence
+  marks show at least the site's floor of distinct contributors (node config
+  ``he-min-contributors``, default 2). A plaintext global is accepted only in round 1
+  and only if it is exactly the seeded initial model. A site trains at most once per
+  round number and only in increasing rounds (kept in `Context.state`).
+- **The reply** (`encrypted_reply`): the update clipped to +-B, weighted, tagged for
+  this round and this global, encrypted with the secret key.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 
 from fedsim import protocol
-from fedsim.privacy.he import decrypt_average, encrypt_update
-from fedsim.privacy.keys import PASSPHRASE_ENV, load_client_context
-from fedsim.protocol import ciphertext_blobs, encrypted_record, is_encrypted
+from fedsim.fedmodels.models import ModelSpec, build_model
+from fedsim.privacy.he import HEError
+from fedsim.privacy.he_tag import (
+    MIN_CONTRIBUTORS,
+    Binding,
+    Layout,
+    TagError,
+    global_basis,
+    initial_basis,
+    open_global,
+    seal_contribution,
+)
+from fedsim.privacy.keys import (
+    PASSPHRASE_ENV,
+    ClientKeySet,
+    load_client_keys,
+    read_regular,
+)
+from fedsim.protocol import encrypted_record, is_encrypted
+
+log = logging.getLogger("fedsim.site")
+
+NODE_KEY = "he-key"  # node config: this site's client.key
+NODE_PASSPHRASE_FILE = "he-passphrase-file"  # node config: a file holding the passphrase
+NODE_FINGERPRINT = "he-fingerprint"  # node config: the key set this site expects
+NODE_MIN_CONTRIBUTORS = "he-min-contributors"  # node config: floor of distinct clients
+FINGERPRINT_ENV = "FEDSIM_HE_FINGERPRINT"
+_STATE = "fedsim-he"  # Context.state: the last round this site trained in
+_PASSPHRASE_LIMIT = 4096
 
 
-class ClientKeys(NamedTuple):
-    """The secret context and the fingerprint of the key set it belongs to."""
-
-    context: object
-    fingerprint: str
+class SiteKeyError(HEError):
+    """This site's HE keys cannot be used for the run (the reason stays in its log)."""
 
 
-def _passphrase(passphrase_file: str | None) -> str:
-    """The run's own passphrase file (simulation) wins; else the site's environment.
+@dataclass(kw_only=True)
+class Session:
+    """One message's HE state: the site's keys, the run's layout, the global's basis."""
 
-    A simulation provisions its key set with a random passphrase kept beside it, so
-    a FEDSIM_HE_PASSPHRASE a user has set for deployments must not override it.
-    """
-    if passphrase_file:
-        return Path(passphrase_file).read_text(encoding="utf-8").strip()
-    if os.environ.get(PASSPHRASE_ENV):
-        return os.environ[PASSPHRASE_ENV]
-    raise RuntimeError(f"HE is on but {PASSPHRASE_ENV} is not set on this client")
+    keys: ClientKeySet
+    run_id: str
+    layout_clients: int
+    min_contributors: int
+    basis: bytes | None = None  # set once the global is accepted
+
+
+# --- keys: the site's own configuration ------------------------------------------
+
+
+def session_for(he: dict, context: Context, data_dir: str | None) -> Session:
+    """The site's keys for this run, checked against the server's announced key set."""
+    node = context.node_config
+    keys = _site_keys(he, node, data_dir)
+    if he.get("fingerprint") != keys.fingerprint:
+        raise SiteKeyError(
+            f"the run announces key set {str(he.get('fingerprint'))[:16]}, this site holds "
+            f"{keys.fingerprint[:16]}; nothing was decrypted")
+    try:
+        clients = int(he["clients"])
+        floor = int(node.get(NODE_MIN_CONTRIBUTORS, MIN_CONTRIBUTORS))
+    except (KeyError, TypeError, ValueError) as err:
+        raise SiteKeyError(f"the run's HE settings are incomplete ({err!r})") from err
+    return Session(keys=keys, run_id=str(he.get("run_id", "")), layout_clients=clients,
+                   min_contributors=max(1, min(floor, clients)))
+
+
+def _site_keys(he: dict, node, data_dir: str | None) -> ClientKeySet:
+    if NODE_KEY in node:  # a deployment site: its own config only
+        key_path = str(node[NODE_KEY])
+        passphrase_file = node.get(NODE_PASSPHRASE_FILE)
+        expected = node.get(NODE_FINGERPRINT) or os.environ.get(FINGERPRINT_ENV) or None
+    else:
+        key_path, passphrase_file = _simulation_paths(he, data_dir)
+        expected = None
+    return _load(key_path, None if passphrase_file is None else str(passphrase_file),
+                 None if expected is None else str(expected))
+
+
+def _simulation_paths(he: dict, data_dir: str | None) -> tuple[str, str]:
+    """The run folder's own key files, or a refusal that opens nothing."""
+    if not data_dir:
+        raise SiteKeyError(f"HE is on but this site has no key: set node config "
+                           f"{NODE_KEY}=PATH (server-sent key paths are never used)")
+    folder = Path(os.path.abspath(data_dir)).parent / "he"
+    wanted = (str(folder / "client.key"), str(folder / "passphrase"))
+    sent = (os.path.abspath(str(he.get("key_path", ""))),
+            os.path.abspath(str(he.get("passphrase_file", ""))))
+    if sent != wanted:
+        raise SiteKeyError("the run names key files outside its own run folder's he/; "
+                           f"refused unopened (a deployment site sets {NODE_KEY})")
+    info = folder.lstat() if folder.is_dir() and not folder.is_symlink() else None
+    if info is None or info.st_mode & 0o077 or info.st_uid != os.getuid():
+        raise SiteKeyError(f"{folder} is not a folder private to this user (0700)")
+    return wanted
 
 
 @functools.lru_cache(maxsize=4)
-def secret_context(key_path: str, passphrase_file: str | None, fingerprint: str
-                   ) -> ClientKeys:
-    """The client's secret TenSEAL context, checked against the run's fingerprint."""
-    ctx = load_client_context(key_path, _passphrase(passphrase_file),
-                              expect_fingerprint=fingerprint)
-    return ClientKeys(context=ctx, fingerprint=fingerprint)
+def _load(key_path: str, passphrase_file: str | None, expected: str | None
+          ) -> ClientKeySet:
+    try:
+        return load_client_keys(key_path, _passphrase(passphrase_file),
+                                expect_fingerprint=expected)
+    except HEError as err:
+        log.error("HE key set unusable: %s", err)
+        raise SiteKeyError(f"this site's HE key set cannot be used: {type(err).__name__} "
+                           "(details in the site's log)") from err
 
 
-def context_for(he: dict, node_config) -> ClientKeys:
-    """Resolve the key file (a site's node config wins over the run's default)."""
-    key_path = str(node_config.get("he-key", he["key_path"]))
-    return secret_context(key_path, he.get("passphrase_file"), he["fingerprint"])
+def _passphrase(passphrase_file: str | None) -> str:
+    """The site's passphrase: its own file (simulation: the run's), else the environment."""
+    if passphrase_file:
+        try:
+            data = read_regular(Path(passphrase_file), _PASSPHRASE_LIMIT)
+        except OSError as err:
+            raise SiteKeyError(f"cannot read the passphrase file: {err.strerror}") from err
+        return data.decode("utf-8", errors="strict").strip()
+    if os.environ.get(PASSPHRASE_ENV):
+        return os.environ[PASSPHRASE_ENV]
+    raise SiteKeyError(f"HE is on but {PASSPHRASE_ENV} is not set on this client")
 
 
-_DECRYPTED: dict[str, OrderedDict] = {}  # per worker process: last global decrypted
+# --- the global ---------------------------------------------------------------------
 
 
-def global_state(record: ArrayRecord, model: torch.nn.Module, keys: ClientKeys
-                 ) -> OrderedDict:
-    """The plaintext global state: as sent, or decrypted and divided by the weight.
+_DECRYPTED: dict[tuple, tuple[OrderedDict, bytes]] = {}  # per worker: last global opened
 
-    A simulation worker serves many clients of the same round, all sent the same
-    encrypted global; it is decrypted once (keyed by Flower's content hash of the
-    record) and reused.
+
+def global_state(record: ArrayRecord, model: torch.nn.Module, session: Session, *,
+                 settings: dict, server_round: int, stage: str) -> OrderedDict:
+    """The verified plaintext global state; sets `session.basis` for the reply.
+
+    A simulation worker serves many clients of one round, all sent the same global:
+    it is verified and decrypted once per (content, expected round) and reused.
     """
+    sum_round = server_round - 1 if stage == "train" else server_round
     if not is_encrypted(record):
-        return record.to_torch_state_dict()
-    key = record.object_id
-    if key not in _DECRYPTED:
-        _DECRYPTED.clear()
-        _DECRYPTED[key] = _decrypt(record, model, keys)
-    return OrderedDict((k, v.clone()) for k, v in _DECRYPTED[key].items())
+        state, basis = _initial(record, settings, server_round, stage)
+    else:
+        key = (record.object_id, sum_round, session.run_id, session.keys.fingerprint,
+               session.layout_clients, session.min_contributors)
+        if key not in _DECRYPTED:
+            _DECRYPTED.clear()
+            _DECRYPTED[key] = _open(record, model, session, sum_round)[:2]
+        state, basis = _DECRYPTED[key]
+    session.basis = basis
+    return OrderedDict((k, v.clone()) for k, v in state.items())
 
 
-def _decrypt(record: ArrayRecord, model: torch.nn.Module, keys: ClientKeys
-             ) -> OrderedDict:
+def _initial(record: ArrayRecord, settings: dict, server_round: int, stage: str
+             ) -> tuple[OrderedDict, bytes]:
+    """Round 1's plaintext global, accepted only as exactly the seeded initial model."""
+    if stage != "train" or server_round != 1:
+        raise TagError(f"a plaintext global in round {server_round} of an HE run; only "
+                       "round 1 starts from the seeded initial model")
+    torch.manual_seed(int(settings["seed"]))
+    own = build_model(ModelSpec.from_dict(settings["model"])).state_dict()
+    sent = record.to_torch_state_dict()
+    same = list(sent) == list(own) and all(
+        sent[k].shape == own[k].shape and torch.equal(sent[k], own[k]) for k in own)
+    if not same:
+        raise TagError("the plaintext global of round 1 is not the seeded initial model")
+    return OrderedDict(own), initial_basis(settings["model"], int(settings["seed"]))
+
+
+def _metadata(record: ArrayRecord) -> tuple[float, int, bytes]:
+    try:
+        return protocol.sum_metadata(record)
+    except (KeyError, IndexError, TypeError, ValueError) as err:
+        raise TagError(f"the encrypted global lacks its weight, round or basis ({err!r})"
+                       ) from err
+
+
+def _open(record: ArrayRecord, model: torch.nn.Module, session: Session, sum_round: int
+          ) -> tuple[OrderedDict, bytes, tuple[int, ...]]:
+    total, claimed_round, basis = _metadata(record)
+    if claimed_round != sum_round:
+        raise TagError(f"the global sums round {claimed_round}, expected round {sum_round}")
     reference = model.state_dict()
-    total = float(record[protocol.HE_TOTAL_WEIGHT].numpy()[0])
-    arrays = decrypt_average(keys.context, ciphertext_blobs(record),
-                             shapes=[tuple(t.shape) for t in reference.values()],
-                             total_weight=total, fingerprint=keys.fingerprint)
-    return OrderedDict((k, torch.from_numpy(np.asarray(a, dtype=np.float32)))
-                       for k, a in zip(reference.keys(), arrays, strict=True))
+    shapes = [tuple(t.shape) for t in reference.values()]
+    blobs = protocol.ciphertext_blobs(record)
+    arrays, opened = open_global(
+        session.keys.context, blobs, shapes=shapes, secret=session.keys.tag_secret,
+        binding=Binding(run_id=session.run_id, round=sum_round, basis=basis),
+        layout=layout_for(model, session), announced_weight=total,
+        min_contributors=session.min_contributors, fingerprint=session.keys.fingerprint)
+    state = OrderedDict((k, torch.from_numpy(np.asarray(a, dtype=np.float32)))
+                        for k, a in zip(reference.keys(), arrays, strict=True))
+    return state, global_basis(blobs, [total, claimed_round, basis]), opened.contributors
 
 
-def encrypted_reply(model: torch.nn.Module, weight: float, keys: ClientKeys
-                    ) -> tuple[ArrayRecord, ConfigRecord]:
-    """The weighted update as ciphertexts, and the fingerprint they were made under."""
+def layout_for(model: torch.nn.Module, session: Session) -> Layout:
+    """The run's slot layout: this model's size and the announced number of clients."""
+    n = sum(t.numel() for t in model.state_dict().values())
+    return Layout(num_params=n, num_clients=session.layout_clients)
+
+
+def claim_round(context: Context, server_round: int) -> None:
+    """Train at most once per round, in increasing rounds (a replayed round is refused)."""
+    record = context.state.config_records.get(_STATE)
+    last = int(record["last-round"]) if record is not None else 0
+    if server_round <= last:
+        raise TagError(f"round {server_round} asked after round {last}: this site trains "
+                       "once per round, in increasing rounds")
+    context.state.config_records[_STATE] = ConfigRecord({"last-round": server_round})
+
+
+# --- the reply ------------------------------------------------------------------------
+
+
+def encrypted_reply(model: torch.nn.Module, weight: float, session: Session, *,
+                    client_id: int, server_round: int) -> tuple[ArrayRecord, ConfigRecord]:
+    """The clipped, weighted, tagged update as ciphertexts, and what it is bound to."""
+    if session.basis is None:
+        raise TagError("no verified global to reply to")
     arrays = [t.detach().cpu().numpy() for t in model.state_dict().values()]
-    blobs = encrypt_update(keys.context, arrays, weight, fingerprint=keys.fingerprint)
+    binding = Binding(run_id=session.run_id, round=server_round, basis=session.basis)
+    blobs, clipped = seal_contribution(
+        session.keys.context, arrays, weight, client_id, secret=session.keys.tag_secret,
+        binding=binding, layout=layout_for(model, session),
+        fingerprint=session.keys.fingerprint)
+    if clipped:
+        log.warning("client %d: %d value(s) clipped to the HE bound before encryption",
+                    client_id, clipped)
     return (encrypted_record(blobs, None),
-            ConfigRecord({protocol.HE_FINGERPRINT: keys.fingerprint}))
+            ConfigRecord({protocol.HE_FINGERPRINT: session.keys.fingerprint,
+                          protocol.HE_ROUND: server_round,
+                          protocol.HE_BASIS: session.basis.hex()}))
+
+
+
+# --- the run's final model, for a key holder ------------------------------------------
+
+
+ENCRYPTED_MODEL = "model_encrypted.npz"
+ENCRYPTED_MODEL_INFO = "model_encrypted.json"
+
+
+def open_final_model(run_dir: Path, keys: ClientKeySet, *, min_contributors: int = 1
+                     ) -> tuple[OrderedDict, tuple[int, ...]]:
+    """Verify and decrypt a run's model_encrypted.npz: the state dict and contributors.
+
+    The same checks a client makes on a global (tags for the round it sums, bound to
+    the run, presence marks, weight, capacity); raises TagError or HEError.
+    """
+    import json
+
+    info = json.loads((run_dir / ENCRYPTED_MODEL_INFO).read_text())
+    if info.get("fingerprint") != keys.fingerprint:
+        raise SiteKeyError(f"{run_dir} was encrypted under key set "
+                           f"{str(info.get('fingerprint'))[:16]}, this key is "
+                           f"{keys.fingerprint[:16]}")
+    with np.load(run_dir / ENCRYPTED_MODEL, allow_pickle=False) as data:
+        record = ArrayRecord({k: Array(np.ascontiguousarray(data[k])) for k in data.files})
+    model = build_model(ModelSpec.from_dict(info["model"]))
+    session = Session(keys=keys, run_id=str(info["run_id"]),
+                      layout_clients=int(info["clients"]), min_contributors=min_contributors)
+    _, sum_round, _ = _metadata(record)
+    state, _, contributors = _open(record, model, session, sum_round)
+    return state, contributors

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -33,8 +33,9 @@ class HEPlan:
 
     server_context_path: str
     fingerprint: str
-    client_key_path: str  # where clients find their key file (sent to them)
-    passphrase_file: str | None = None  # simulation only; deployments use the env
+    client_key_path: str  # simulation: the run folder's he/client.key (deployment sites
+    passphrase_file: str | None = None  # ignore both and use their own node config)
+    run_id: str = ""  # bound into every tag; empty: Flower's run id
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,6 +85,8 @@ def client_settings(plan: ServerPlan) -> dict:
             "key_path": plan.he.client_key_path,
             "passphrase_file": plan.he.passphrase_file,
             "fingerprint": plan.he.fingerprint,
+            "run_id": plan.he.run_id,
+            "clients": cfg.clients,
         }
     return settings
 
@@ -141,7 +144,7 @@ def make_codec(plan: ServerPlan):
     """Plaintext, or CKKS with server.ctx only (never a secret key)."""
     if plan.he is None:
         return PlainCodec()
-    from fedsim.privacy.he import expected_vector_count
+    from fedsim.privacy.he_tag import Layout, initial_basis
     from fedsim.privacy.keys import load_server_context
     from fedsim.server.he_codec import HECodec
 
@@ -149,7 +152,9 @@ def make_codec(plan: ServerPlan):
                                           expect_fingerprint=plan.he.fingerprint)
     n_params = sum(p.numel() for p in build_model(plan.model).state_dict().values())
     return HECodec(public_context=context, fingerprint=plan.he.fingerprint,
-                   expected_count=expected_vector_count(n_params, params))
+                   layout=Layout(num_params=n_params, num_clients=plan.config.clients),
+                   params_name=params.name,
+                   initial_basis=initial_basis(plan.model.to_dict(), plan.config.seed))
 
 
 def make_strategy(plan: ServerPlan, federation) -> FedsimFedAvg:
@@ -170,6 +175,8 @@ def make_strategy(plan: ServerPlan, federation) -> FedsimFedAvg:
 def run_server(grid: Grid, plan: ServerPlan, listener: RoundListener) -> None:
     """The ServerApp body: discover clients, run the rounds, hand over the model."""
     cfg = plan.config
+    if plan.he is not None and not plan.he.run_id:
+        plan = replace(plan, he=replace(plan.he, run_id=f"flower-{grid.run.run_id}"))
     streaming = StreamingGrid(grid, stop=plan.stop)
     try:
         federation = discover(streaming, expected=cfg.clients, seed=cfg.seed,
@@ -199,20 +206,29 @@ def run_server(grid: Grid, plan: ServerPlan, listener: RoundListener) -> None:
             evaluate_fn=_round_end_hook(strategy, evaluator, listener, completed),
         )
     except RunInterrupted:
-        _finish_interrupted(listener, completed)
+        _finish_interrupted(listener, completed, _he_info(plan))
         return
     final = result.arrays if result.arrays is not None and len(result.arrays) else initial
-    listener.on_finish(final, {"stop_reason": strategy.stop_reason,
-                               "encrypted": is_encrypted(final)})
+    info = {"stop_reason": strategy.stop_reason, "encrypted": is_encrypted(final),
+            **_he_info(plan)}
+    listener.on_finish(final, info)
 
 
-def _finish_interrupted(listener: RoundListener, completed: dict) -> None:
+def _he_info(plan: ServerPlan) -> dict:
+    """What a key holder needs to verify and decrypt the final model (HE runs)."""
+    if plan.he is None:
+        return {}
+    return {"he": {"run_id": plan.he.run_id, "clients": plan.config.clients,
+                   "fingerprint": plan.he.fingerprint, "model": plan.model.to_dict()}}
+
+
+def _finish_interrupted(listener: RoundListener, completed: dict, he_info: dict) -> None:
     """Hand over the state of the last completed round; the abandoned one leaves no trace."""
     final = completed["arrays"]
     log.info("stop requested: the round in progress is abandoned; the run keeps "
-                "%d completed round(s)", completed["round"])
+             "%d completed round(s)", completed["round"])
     listener.on_finish(final, {"interrupted": True, "rounds_completed": completed["round"],
-                               "encrypted": is_encrypted(final)})
+                               "encrypted": is_encrypted(final), **he_info})
 
 
 def build_server_app(plan: ServerPlan, listener: RoundListener) -> ServerApp:

@@ -185,6 +185,8 @@ class RunRecorder:
             buffer = io.BytesIO()
             np.savez(buffer, **arrays)
             atomic_write_bytes(self.run_dir / "model_encrypted.npz", buffer.getvalue())
+            if info.get("he"):  # run id, layout, model: `fedsim keys decrypt-model` reads it
+                atomic_write_json(self.run_dir / "model_encrypted.json", info["he"])
         else:
             buffer = io.BytesIO()
             torch.save(final.to_torch_state_dict(), buffer)

@@ -111,24 +111,41 @@ def provision_simulation_keys(cfg: RunConfig, run_dir: Path) -> HEPlan:
     """A fresh HE key set inside the run folder, provisioned as `fedsim keys init` does.
 
     In simulation every client runs on this machine, so the client key file's
-    passphrase is a random one kept in a 0600 file beside it; the server side is
-    only ever given server.ctx (parameters, no key).
+    passphrase is a random one kept in a 0600 file beside it, in a 0700 folder. The
+    strategy is only ever given server.ctx (parameters, no key), but the process that
+    hosts it could read he/: one machine holds every key in a simulation, so the
+    server/client separation is real only in a deployment.
     """
     from fedsim.privacy.he import PARAMETER_SETS
     from fedsim.privacy.keys import provision
 
-    folder = run_dir / "he"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = he_folder(run_dir)
     passphrase = secrets.token_urlsafe(32)
     pass_file = folder / "passphrase"
     fd = os.open(pass_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(passphrase)
     keys = provision(folder, params=PARAMETER_SETS[cfg.he_params], passphrase=passphrase)
-    return HEPlan(server_context_path=str(keys.server_context_path),
-                  fingerprint=keys.fingerprint,
-                  client_key_path=str(keys.client_key_path),
-                  passphrase_file=str(pass_file))
+    return _he_plan(folder, keys.fingerprint)
+
+
+def he_folder(run_dir: Path) -> Path:
+    """The run folder's he/, created private to this user (0700, whatever the umask)."""
+    folder = (Path(run_dir) / "he").resolve()
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(folder, 0o700)
+    return folder
+
+
+def _he_plan(folder: Path, fingerprint: str) -> HEPlan:
+    """The run's HE plan: absolute paths inside its he/, its key set's fingerprint.
+
+    Each simulation has its own key set, so its fingerprint doubles as the run id
+    bound into every tag (stable when the run is resumed).
+    """
+    return HEPlan(server_context_path=str(folder / "server.ctx"), fingerprint=fingerprint,
+                  client_key_path=str(folder / "client.key"),
+                  passphrase_file=str(folder / "passphrase"), run_id=f"sim-{fingerprint}")
 
 
 def start_run(cfg: RunConfig, *, force: bool = False) -> PreparedRun:
@@ -193,11 +210,8 @@ def reopen_run(run_dir: Path) -> PreparedRun:
     if cfg.secure_agg == "he":
         from fedsim.privacy.keys import key_info
 
-        folder = run_dir / "he"
-        he = HEPlan(server_context_path=str(folder / "server.ctx"),
-                    fingerprint=key_info(folder / "server.ctx")["fingerprint"],
-                    client_key_path=str(folder / "client.key"),
-                    passphrase_file=str(folder / "passphrase"))
+        folder = he_folder(run_dir)
+        he = _he_plan(folder, str(key_info(folder / "server.ctx")["fingerprint"]))
     return PreparedRun(config=cfg, run_dir=run_dir, prepared=prepared, he=he)
 
 

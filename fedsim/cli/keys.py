@@ -15,11 +15,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedsim.privacy.he import ParamSetName, get_params
+from fedsim.errors import ConfigError
+from fedsim.privacy.he import HEError, ParamSetName, get_params
+from fedsim.privacy.he_tag import CLIP_BOUND
 from fedsim.privacy.keys import (
     PASSPHRASE_ENV,
     PassphraseError,
     key_info,
+    load_client_keys,
     provision,
     read_passphrase,
 )
@@ -106,6 +109,11 @@ def init(
         ("security", f"{chosen.security}-bit (HE standard)"),
         ("encryption", "symmetric: clients encrypt with the secret key; "
                        "server.ctx holds no key"),
+        ("the server", "adds ciphertexts it cannot read; it can build ciphertexts of "
+                       "its own, which clients refuse (secret tags bound to run, round "
+                       "and global); it can still drop clients' contributions"),
+        ("capacity", f"sum of weights x {CLIP_BOUND:g} (clients clip to +-{CLIP_BOUND:g}) "
+                     f"below {chosen.max_abs_sum:.3g}"),
         ("fingerprint", keys.fingerprint),
         ("clients get", f"{keys.client_key_path} (+ the passphrase, separately)"),
         ("server gets", keys.server_context_path),
@@ -123,3 +131,43 @@ def info(
     details = key_info(file)
     rows = [(key.replace("_", " "), value) for key, value in details.items()]
     Console().print(_table(f"{file}", rows))
+
+
+@app.command("decrypt-model")
+def decrypt_model(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A finished HE run folder (holds model_encrypted.npz).")
+    ],
+    key: Annotated[Path, typer.Option(help="The key set's client.key.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write the model (default RUN_DIR/model.pt).")
+    ] = None,
+) -> None:
+    """Verify and decrypt an HE run's final model into model.pt (needs client.key).
+
+    The model is checked as clients check every global: its tags must verify for the
+    run and round it sums, with each contributor counted once; a forged or altered
+    model_encrypted.npz is refused.
+    """
+    import io
+
+    import torch
+
+    from fedsim.client.he_step import ENCRYPTED_MODEL, ENCRYPTED_MODEL_INFO, open_final_model
+    from fedsim.simulations.rundir import atomic_write_bytes
+
+    missing = [n for n in (ENCRYPTED_MODEL, ENCRYPTED_MODEL_INFO) if not (run_dir / n).is_file()]
+    if missing:
+        raise ConfigError(f"{run_dir} has no {' or '.join(missing)}; give the folder of a "
+                          "finished --secure-agg he run")
+    try:
+        keys = load_client_keys(key, read_passphrase())
+        state, contributors = open_final_model(run_dir, keys)
+    except HEError as err:
+        raise ConfigError(f"cannot decrypt {run_dir / ENCRYPTED_MODEL}: {err}") from err
+    target = out or run_dir / "model.pt"
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(target, buffer.getvalue(), mode=0o600)
+    Console().print(f"wrote {target}: verified sum of {len(contributors)} clients' "
+                    f"contributions ({', '.join(map(str, contributors))})")

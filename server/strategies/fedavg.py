@@ -163,6 +163,7 @@ class FedsimFedAvg(FedAvg):
         ids = self.federation.sample(server_round, self.fraction_train, stream=0,
                                      eligible=self.eligible_clients(server_round))
         config[protocol.ROUND] = server_round
+        self.codec.start_round(server_round, arrays)
         self.stats.clients_sampled = len(ids)
         self.stats.bytes_sent += arrays.count_bytes() * len(ids)
         messages = []
@@ -172,15 +173,39 @@ class FedsimFedAvg(FedAvg):
             messages.extend(self._messages(record, [cid], MessageType.TRAIN))
         return messages
 
-    def _contribution(self, msg: Message, acc, weight: float) -> bool:
+    def _contribution(self, msg: Message, acc, weight: float, client_id: int) -> bool:
+        """Add one reply to the sum; any failure rejects that reply only, with a reason.
+
+        Decoding, checking and adding run on bytes a client chose: whatever they
+        raise (TenSEAL, SEAL, numpy, a codec's own checks) ends this reply, never the
+        round. The accumulator only changes once an addition has fully succeeded.
+        """
         try:
             acc.add(self.codec.contribution(msg, self._global, weight), weight)
         except (Rejected, FixedPointOverflow) as err:
-            metrics = msg.content[protocol.METRICS]
-            self._note(Verdict(ok=False, kind="rejected", reason=str(err),
-                               client_id=int(metrics[protocol.CLIENT_ID])), msg, "train")
-            return False
-        return True
+            reason = str(err)
+        except Exception as err:  # noqa: BLE001 - one bad reply never ends the run
+            reason = f"cannot be added ({type(err).__name__}: {err})"
+        else:
+            return True
+        self._note(Verdict(ok=False, kind="rejected", reason=reason, client_id=client_id),
+                   msg, "train")
+        return False
+
+    def _take(self, server_round: int, msg: Message, acc, losses: list[float]) -> None:
+        """Check one reply and add it to the sum, or count why it was left out."""
+        verdict = check_metrics(msg)
+        if not verdict.ok:
+            self._note(verdict, msg, "train")
+            return
+        if not self.admit(server_round, verdict.client_id, msg):
+            return
+        metrics = msg.content[protocol.METRICS]
+        weight = float(metrics[protocol.NUM_EXAMPLES])
+        if self._contribution(msg, acc, weight, verdict.client_id):
+            loss = metrics.get(protocol.TRAIN_LOSS, 0.0)
+            finite = isinstance(loss, int | float) and math.isfinite(loss)
+            losses.append((float(loss) if finite else 0.0) * weight)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -188,17 +213,13 @@ class FedsimFedAvg(FedAvg):
         server_round += self.round_offset
         acc, losses = self.codec.accumulator(), []
         for msg in replies:
-            self.stats.bytes_received += reply_bytes(msg)
-            verdict = check_metrics(msg)
-            if not verdict.ok:
-                self._note(verdict, msg, "train")
-                continue
-            if not self.admit(server_round, verdict.client_id, msg):
-                continue
-            metrics = msg.content[protocol.METRICS]
-            weight = float(metrics[protocol.NUM_EXAMPLES])
-            if self._contribution(msg, acc, weight):
-                losses.append(float(metrics.get(protocol.TRAIN_LOSS, 0.0)) * weight)
+            try:
+                self.stats.bytes_received += reply_bytes(msg)
+                self._take(server_round, msg, acc, losses)
+            except Exception as err:  # noqa: BLE001 - one bad reply never ends the run
+                self._note(Verdict(ok=False, kind="rejected",
+                                   reason=f"malformed reply ({type(err).__name__}: {err})"),
+                           msg, "train")
         self._count_timeouts("train")
         self.stats.clients_replied = acc.count
         return self._finish_round(server_round, acc, losses)

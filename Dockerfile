@@ -28,7 +28,9 @@ RUN command -v python3.11 >/dev/null || { apt-get update \
 RUN python3.11 -m venv /opt/venv
 # torch first, from the wheel index of the base (the pin matches pyproject.toml),
 # so `pip install .` below finds it satisfied instead of pulling another build.
-RUN pip install --index-url "${TORCH_INDEX}" "torch==2.13.0"
+# (--no-compile here and below: the bytecode is compiled once, in parallel, at the end
+# of this stage, for what the image keeps.)
+RUN pip install --no-compile --index-url "${TORCH_INDEX}" "torch==2.13.0"
 # The project's dependencies, in a layer of their own (rebuilt only when
 # pyproject.toml changes): installed through an empty stand-in of the project.
 WORKDIR /src
@@ -36,7 +38,7 @@ COPY pyproject.toml README.md ./
 RUN for pkg in fedsim fedsim/cli server server/strategies client simulations privacy \
         fedmodels reports deploy; do mkdir -p "$pkg" && touch "$pkg/__init__.py"; done \
     && touch deploy/pyproject.toml \
-    && pip install . && pip uninstall -y fedsim && rm -rf /src/*
+    && pip install --no-compile . && pip uninstall -y fedsim && rm -rf /src/*
 # The project, from the repository's own files only.
 COPY pyproject.toml README.md ./
 COPY fedsim ./fedsim
@@ -48,10 +50,22 @@ COPY fedmodels ./fedmodels
 COPY reports ./reports
 COPY deploy ./deploy
 # -P: import the installed package, not the source folder in the working directory.
-RUN pip install --no-deps . \
+RUN pip install --no-compile --no-deps . \
     && python -P -c "import fedsim.deploy.app, fedsim.deploy.gateway, flwr; \
 from fedsim.deploy.control import app_folder; app_folder(); \
 print('fedsim + flwr', flwr.__version__)"
+# What a deployment never runs, left out of the image (about 0.6 GB): Ray and the
+# Hugging Face dataset stack (simulations only: `fedsim run` is not for the image),
+# the test suites, C++ headers and test programs the wheels ship, pip itself.
+RUN pip uninstall -y ray datasets pyarrow flwr-datasets \
+    && site=/opt/venv/lib/python3.11/site-packages \
+    && rm -rf "$site"/torch/include "$site"/torch/test \
+    && find "$site"/torch/bin -type f ! -name torch_shm_manager -delete \
+    && for pkg in numpy scipy pandas sklearn matplotlib sympy networkx; do \
+         find "$site/$pkg" -depth -type d -name tests -exec rm -rf {} +; done \
+    && python -P -c "import fedsim.deploy.app, fedsim.cli.main, torch, opacus, tenseal" \
+    && pip uninstall -y pip setuptools wheel \
+    && { python -m compileall -q -j 0 "$site" >/dev/null || true; }
 
 # ---- the image: the base, the virtual environment, a non-root user -----------------
 FROM ${BASE} AS final

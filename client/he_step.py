@@ -189,8 +189,9 @@ def _initial(record: ArrayRecord, settings: dict, server_round: int, stage: str
     if stage != "train" or server_round != 1:
         raise TagError(f"a plaintext global in round {server_round} of an HE run; only "
                        "round 1 starts from the seeded initial model")
-    torch.manual_seed(int(settings["seed"]))
-    own = build_model(ModelSpec.from_dict(settings["model"])).state_dict()
+    with torch.random.fork_rng(devices=[]):  # leave the process's RNG as it was
+        torch.manual_seed(int(settings["seed"]))
+        own = build_model(ModelSpec.from_dict(settings["model"])).state_dict()
     sent = record.to_torch_state_dict()
     same = list(sent) == list(own) and all(
         sent[k].shape == own[k].shape and torch.equal(sent[k], own[k]) for k in own)

@@ -38,6 +38,7 @@ from fedsim import protocol
 from fedsim.fedmodels.models import ModelSpec, build_model
 from fedsim.privacy.he import HEError
 from fedsim.privacy.he_tag import (
+    MAX_CLIENTS,
     MIN_CONTRIBUTORS,
     Binding,
     Layout,
@@ -97,6 +98,8 @@ def session_for(he: dict, context: Context, data_dir: str | None) -> Session:
         floor = int(node.get(NODE_MIN_CONTRIBUTORS, MIN_CONTRIBUTORS))
     except (KeyError, TypeError, ValueError) as err:
         raise SiteKeyError(f"the run's HE settings are incomplete ({err!r})") from err
+    if not 1 <= clients <= MAX_CLIENTS:
+        raise SiteKeyError(f"the run announces {clients} clients; at most {MAX_CLIENTS}")
     return Session(keys=keys, run_id=str(he.get("run_id", "")), layout_clients=clients,
                    min_contributors=max(1, min(floor, clients)))
 

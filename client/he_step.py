@@ -38,6 +38,7 @@ from fedsim import protocol
 from fedsim.fedmodels.models import ModelSpec, build_model
 from fedsim.privacy.he import HEError
 from fedsim.privacy.he_tag import (
+    MAX_CLIENTS,
     MIN_CONTRIBUTORS,
     Binding,
     Layout,
@@ -97,6 +98,8 @@ def session_for(he: dict, context: Context, data_dir: str | None) -> Session:
         floor = int(node.get(NODE_MIN_CONTRIBUTORS, MIN_CONTRIBUTORS))
     except (KeyError, TypeError, ValueError) as err:
         raise SiteKeyError(f"the run's HE settings are incomplete ({err!r})") from err
+    if not 1 <= clients <= MAX_CLIENTS:
+        raise SiteKeyError(f"the run announces {clients} clients; at most {MAX_CLIENTS}")
     return Session(keys=keys, run_id=str(he.get("run_id", "")), layout_clients=clients,
                    min_contributors=max(1, min(floor, clients)))
 
@@ -189,8 +192,9 @@ def _initial(record: ArrayRecord, settings: dict, server_round: int, stage: str
     if stage != "train" or server_round != 1:
         raise TagError(f"a plaintext global in round {server_round} of an HE run; only "
                        "round 1 starts from the seeded initial model")
-    torch.manual_seed(int(settings["seed"]))
-    own = build_model(ModelSpec.from_dict(settings["model"])).state_dict()
+    with torch.random.fork_rng(devices=[]):  # leave the process's RNG as it was
+        torch.manual_seed(int(settings["seed"]))
+        own = build_model(ModelSpec.from_dict(settings["model"])).state_dict()
     sent = record.to_torch_state_dict()
     same = list(sent) == list(own) and all(
         sent[k].shape == own[k].shape and torch.equal(sent[k], own[k]) for k in own)

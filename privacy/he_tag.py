@@ -70,6 +70,7 @@ TAG_SLOTS = 32  # independent tag rows (each one slot)
 CLIP_BOUND = 16.0  # B: clients clip every value of their update to [-B, B]
 PRESENCE = 256.0  # a contributor's mark in its own presence slot
 MIN_CONTRIBUTORS = 2  # a client's default floor of distinct contributors in a sum
+MAX_CLIENTS = 100_000  # presence slots a layout may ask for (a server's word, bounded)
 _KEY_HALF_RANGE = math.sqrt(3.0)  # key entries uniform on [-sqrt 3, sqrt 3]: variance 1
 _NORM = 21.0  # s = 21 sqrt(m): a sum's tags stay under its largest slot, P > 1 - 2^-100
 _TOLERANCE_BITS = 18  # tolerance = 2^18 / scale: far above the noise of 1000 clients
@@ -90,8 +91,9 @@ class Layout:
     tags: int = TAG_SLOTS
 
     def __post_init__(self) -> None:
-        if self.num_params < 1 or self.num_clients < 1 or self.tags < 1:
-            raise EncodingError(f"impossible slot layout {self}")
+        if self.num_params < 1 or self.tags < 1 or not 1 <= self.num_clients <= MAX_CLIENTS:
+            raise EncodingError(f"impossible slot layout {self} (at most {MAX_CLIENTS} "
+                                "clients)")
 
     @property
     def tagged(self) -> int:

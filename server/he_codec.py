@@ -17,6 +17,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, Message
 
 from fedsim import protocol
+from fedsim.errors import ConfigError
 from fedsim.privacy.he import (
     PARAMETER_SETS,
     CiphertextError,
@@ -65,7 +66,11 @@ class HECodec:
         if not is_encrypted(global_arrays):
             self.basis = self.initial_basis
             return
-        total, sum_round, basis = protocol.sum_metadata(global_arrays)
+        try:
+            total, sum_round, basis = protocol.sum_metadata(global_arrays)
+        except (KeyError, IndexError, ValueError) as err:
+            raise ConfigError("the run's encrypted global carries no round and basis "
+                              "(written by an older fedsim); start a new run") from err
         self.basis = global_basis(protocol.ciphertext_blobs(global_arrays),
                                   [total, sum_round, basis])
 

@@ -634,3 +634,16 @@ def test_attack_capacity_overflowing_round_is_refused(keyset):
     forced = [sum(parts[1:], parts[0]) for parts in zip(*outcome.every, strict=True)]
     with pytest.raises(he_tag.TagError):
         _open_capacity(keyset, outcome, forced, 30 * 10000.0)
+
+
+def test_attack_huge_announced_federation_is_refused(keyset, monkeypatch):
+    # A layout of 10^9 presence slots would take the client 8 GB per vector.
+    monkeypatch.setenv(keys.PASSPHRASE_ENV, PASS)
+    he_step._load.cache_clear()
+    sent = {"fingerprint": keyset.fp, "run_id": RUN, "clients": 10**9}
+    node = _context(**{"he-key": str(keyset.folder / "client.key")})
+    with pytest.raises(he_step.SiteKeyError, match="at most 100000"):
+        he_step.session_for(sent, node, None)
+    with pytest.raises(he.EncodingError, match="at most 100000"):
+        he_tag.Layout(num_params=10, num_clients=10**9)
+    he_step._load.cache_clear()

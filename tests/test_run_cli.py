@@ -183,3 +183,14 @@ class _Plain:
 
     def to_torch_state_dict(self):
         return {}
+
+
+def test_datasets_table_loses_nothing_at_80_columns():
+    from typer.testing import CliRunner
+
+    from fedsim.cli.main import app
+
+    result = CliRunner().invoke(app, ["datasets"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    assert "…" not in result.stdout
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80

@@ -194,3 +194,12 @@ def test_datasets_table_loses_nothing_at_80_columns():
     assert result.exit_code == 0
     assert "…" not in result.stdout
     assert max(len(line) for line in result.stdout.splitlines()) <= 80
+
+
+def test_a_round_with_too_few_updates_is_not_counted_as_completed(tmp_path):
+    recorder = RunRecorder(tmp_path)
+    recorder.on_round({"round": 1, "clients_replied": 2, "clients_sampled": 10,
+                       "aggregated": False})
+    summary = recorder.summary()
+    assert summary["rounds_completed"] == 0  # as "stops with the model of round 0" says
+    assert summary["client_updates"] == 2

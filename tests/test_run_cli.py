@@ -166,7 +166,21 @@ def test_progress_bar_shows_epsilon_and_the_runs_wall_time():
     listener.wall.frozen = 3725.0
     console.print(listener.progress)
     text = console.export_text()
-    assert "ε max 1.25 median 0.75" in text and "1:02:05" in text
+    assert "ε max 1.25 med 0.75" in text and "1:02:05" in text
+
+
+def test_progress_bar_keeps_round_and_times_at_80_columns():
+    from rich.console import Console
+
+    console = Console(width=80, record=True)
+    listener = ProgressListener(console, 30, clock=RunClock(started=0.0))
+    listener.on_round({"round": 12, "central_accuracy": 0.5, "train_loss": 1.0,
+                       "clients_replied": 10, "clients_sampled": 10, "eps_max": 1.25,
+                       "eps_median": 0.75})
+    listener.wall.frozen = 65.0
+    console.print(listener.progress)
+    text = console.export_text()
+    assert "round 12/30" in text and "0:01:05" in text and "eta" in text
 
 
 def test_wall_time_carries_over_a_resume_and_skips_an_abandoned_round(tmp_path):

@@ -110,12 +110,11 @@ class ProgressListener:
         if record.get("initial"):
             return
         acc = record.get("central_accuracy", record.get("fed_accuracy"))
-        parts = [f"acc {_fmt(acc)}", f"loss {_fmt(record.get('train_loss'))}",
+        parts = [f"acc {_fmt(acc)}", epsilon_text(record),  # on narrow terminals, these
+                 f"loss {_fmt(record.get('train_loss'))}",   # stay longest
                  f"{record.get('clients_replied', 0)}/{record.get('clients_sampled', 0)} "
                  "replied"]
-        eps = epsilon_text(record)
-        if eps:
-            parts.append(eps)
+        parts = [p for p in parts if p]
         self.progress.update(self.task, completed=record["round"], status="  ".join(parts))
 
     def on_finish(self, final, info: dict) -> None:

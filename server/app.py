@@ -132,6 +132,8 @@ def _round_end_hook(strategy: FedsimFedAvg, evaluator: CentralEvaluator | None,
         else:
             record.update(strategy.stats.to_dict())
             record.update(strategy.round_extras())
+            if strategy.stop_reason is not None:  # too few updates: the model is unchanged
+                record["aggregated"] = False
             record["round_time_s"] = time.monotonic() - strategy.stats.started
             listener.on_round(record)
             listener.on_checkpoint(server_round, arrays)

@@ -209,7 +209,8 @@ class RunRecorder:
         best = max(central, default=None)
         return {
             "finished": self.finished,
-            "rounds_completed": len(self.rows),
+            # a round that ended the run with too few updates did not change the model
+            "rounds_completed": sum(1 for r in self.rows if r.get("aggregated", True)),
             "final_central_accuracy": last.get("central_accuracy"),
             "best_central_accuracy": best,
             "final_federated_accuracy": last.get("fed_accuracy"),

@@ -166,7 +166,21 @@ def test_progress_bar_shows_epsilon_and_the_runs_wall_time():
     listener.wall.frozen = 3725.0
     console.print(listener.progress)
     text = console.export_text()
-    assert "ε max 1.25 median 0.75" in text and "1:02:05" in text
+    assert "ε max 1.25 med 0.75" in text and "1:02:05" in text
+
+
+def test_progress_bar_keeps_round_and_times_at_80_columns():
+    from rich.console import Console
+
+    console = Console(width=80, record=True)
+    listener = ProgressListener(console, 30, clock=RunClock(started=0.0))
+    listener.on_round({"round": 12, "central_accuracy": 0.5, "train_loss": 1.0,
+                       "clients_replied": 10, "clients_sampled": 10, "eps_max": 1.25,
+                       "eps_median": 0.75})
+    listener.wall.frozen = 65.0
+    console.print(listener.progress)
+    text = console.export_text()
+    assert "round 12/30" in text and "0:01:05" in text and "eta" in text
 
 
 def test_wall_time_carries_over_a_resume_and_skips_an_abandoned_round(tmp_path):
@@ -183,3 +197,23 @@ class _Plain:
 
     def to_torch_state_dict(self):
         return {}
+
+
+def test_datasets_table_loses_nothing_at_80_columns():
+    from typer.testing import CliRunner
+
+    from fedsim.cli.main import app
+
+    result = CliRunner().invoke(app, ["datasets"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    assert "…" not in result.stdout
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
+
+
+def test_a_round_with_too_few_updates_is_not_counted_as_completed(tmp_path):
+    recorder = RunRecorder(tmp_path)
+    recorder.on_round({"round": 1, "clients_replied": 2, "clients_sampled": 10,
+                       "aggregated": False})
+    summary = recorder.summary()
+    assert summary["rounds_completed"] == 0  # as "stops with the model of round 0" says
+    assert summary["client_updates"] == 2

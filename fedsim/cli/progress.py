@@ -13,7 +13,7 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from fedsim.simulations.rundir import RunClock
@@ -46,17 +46,17 @@ def federated_accuracy(acc: float | None, examples: int | None) -> str:
 
 
 def epsilon_text(record: dict) -> str | None:
-    """'ε max 1.23 median 0.98' when the record carries DP figures."""
+    """'ε max 1.23 med 0.98' when the record carries DP figures."""
     if record.get("eps_max") is None:
         return None
-    return f"ε max {record['eps_max']:.2f} median {record.get('eps_median') or 0.0:.2f}"
+    return f"ε max {record['eps_max']:.2f} med {record.get('eps_median') or 0.0:.2f}"
 
 
 class WallTimeColumn(ProgressColumn):
     """The run's wall time (RunClock: earlier sessions of a resumed run included)."""
 
     def __init__(self, clock: RunClock) -> None:
-        super().__init__()
+        super().__init__(table_column=Column(no_wrap=True))
         self.clock = clock
         self.frozen: float | None = None
 
@@ -73,16 +73,22 @@ class ProgressListener:
     def __init__(self, console: Console, rounds: int, *, clock: RunClock | None = None) -> None:
         self.console = console
         self.wall = WallTimeColumn(clock or RunClock())
+        def fixed() -> Column:
+            return Column(no_wrap=True)
+
         self.progress = Progress(
-            TextColumn("[bold]round"),
-            MofNCompleteColumn(),
-            BarColumn(),
-            TextColumn("{task.fields[status]}"),
+            TextColumn("[bold]round", table_column=fixed()),
+            MofNCompleteColumn(table_column=fixed()),
+            BarColumn(bar_width=12, table_column=fixed()),
+            # the status gives way first on a narrow terminal; round and times stay
+            TextColumn("{task.fields[status]}",
+                       table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
             self.wall,
-            TextColumn("eta"),
-            TimeRemainingColumn(),
+            TextColumn("eta", table_column=fixed()),
+            TimeRemainingColumn(table_column=fixed()),
             console=console,
             transient=False,
+            expand=True,
         )
         self.task = self.progress.add_task("rounds", total=rounds, status="starting Ray")
 
@@ -104,12 +110,11 @@ class ProgressListener:
         if record.get("initial"):
             return
         acc = record.get("central_accuracy", record.get("fed_accuracy"))
-        parts = [f"acc {_fmt(acc)}", f"loss {_fmt(record.get('train_loss'))}",
+        parts = [f"acc {_fmt(acc)}", epsilon_text(record),  # on narrow terminals, these
+                 f"loss {_fmt(record.get('train_loss'))}",   # stay longest
                  f"{record.get('clients_replied', 0)}/{record.get('clients_sampled', 0)} "
                  "replied"]
-        eps = epsilon_text(record)
-        if eps:
-            parts.append(eps)
+        parts = [p for p in parts if p]
         self.progress.update(self.task, completed=record["round"], status="  ".join(parts))
 
     def on_finish(self, final, info: dict) -> None:

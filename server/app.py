@@ -159,12 +159,27 @@ def make_codec(plan: ServerPlan):
                    initial_basis=initial_basis(plan.model.to_dict(), plan.config.seed))
 
 
+def he_min_clients(plan: ServerPlan) -> int:
+    """--min-clients, raised under HE to the clients' default floor of contributors.
+
+    Clients refuse a sum of fewer than 2 distinct contributions (it would show one
+    client's update to the others), so a round with fewer ends the run here, with
+    its reason, instead of every client refusing the next global.
+    """
+    from fedsim.privacy.he_tag import MIN_CONTRIBUTORS
+
+    cfg = plan.config
+    if plan.he is None:
+        return cfg.min_clients
+    return max(cfg.min_clients, min(MIN_CONTRIBUTORS, cfg.clients))
+
+
 def make_strategy(plan: ServerPlan, federation) -> FedsimFedAvg:
     """FedAvg, with the DP ledger when DP is on, and the chosen payload codec."""
     cfg = plan.config
     common = {"federation": federation, "fraction": cfg.fraction,
               "fraction_evaluate": cfg.fraction, "codec": make_codec(plan),
-              "min_clients": cfg.min_clients, "round_offset": plan.resume_round}
+              "min_clients": he_min_clients(plan), "round_offset": plan.resume_round}
     if not cfg.dp:
         return FedsimFedAvg(**common)
     from fedsim.privacy.ledger import PrivacyLedger

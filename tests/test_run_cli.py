@@ -88,7 +88,7 @@ def test_ignored_or_impossible_flags_are_errors(args, needle, tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("extra", [["--rounds", "40"], ["--dp", "--clients", "3"],
-                                   ["--config", "run.toml"]])
+                                   ["--no-dp"], ["--force"], ["--config", "run.toml"]])
 def test_resume_refuses_options_it_would_ignore(extra, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     _fake_run(run)

@@ -102,10 +102,14 @@ _NOT_CONFIG = ("config", "verbose", "resume", "force")  # options that are not R
 
 def _refuse_options_with_resume(options: dict) -> None:
     """--resume reruns a folder's own config.json: any other option would be ignored."""
+    import inspect
+
+    defaults = {k: p.default for k, p in inspect.signature(run).parameters.items()}
     given = [k for k, v in options.items()
-             if k not in ("resume", "verbose") and v not in (None, False)]
+             if k not in ("resume", "verbose") and v != defaults.get(k)]
     if given:
-        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        flags = ", ".join(("--no-" if options[k] is False else "--") + k.replace("_", "-")
+                          for k in given)
         raise ConfigError(f"--resume continues the run with its own config.json, so "
                           f"{flags} would be ignored; drop {'it' if len(given) == 1 else 'them'}"
                           " (to change settings, start a new run)")

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from fedsim.client.dp import PrivateTraining, _dataset
-from fedsim.client.training import seeded_generator
+from fedsim.client.dp_random import DPRandomness
 from fedsim.fedmodels.models import FedAvgCNN, count_parameters
 
 MODES = ("hooks", "ghost", "functorch", "ew")
@@ -73,7 +73,7 @@ def private_step(
     data = _dataset(np.repeat(xb.numpy(), 4, axis=0), np.repeat(yb.numpy(), 4))
     private = PrivateTraining(
         model, data, batch_size=len(yb), lr=0.05, noise_multiplier=1.0,
-        max_grad_norm=1.0, device=torch.device("cpu"), generator=seeded_generator(0),
+        max_grad_norm=1.0, device=torch.device("cpu"), randomness=DPRandomness.secret_source(),
         grad_sample_mode=mode,  # type: ignore[arg-type]
     )
     return (lambda: private.step(xb, yb)), private

@@ -90,18 +90,18 @@ def _local_training(model, x, y, settings, context, msg, cid):
     config = msg.content[protocol.CONFIG]
     server_round = int(config[protocol.ROUND])
     device = resolve_device(settings["device"])
-    generator = seeded_generator(int(settings["seed"]), server_round, cid)
-    if settings.get("dp"):
+    if settings.get("dp"):  # DP-SGD's randomness is the client's own secret (dp_step)
         from fedsim.client.dp_step import dp_train
 
         history = config.get(protocol.DP_HISTORY)
         outcome, result = dp_train(model, x, y, settings=settings, context=context,
-                                   device=device, generator=generator,
+                                   device=device, server_round=server_round, client_id=cid,
                                    server_history=None if history is None else str(history))
         return result, outcome.metrics
     result = train_epochs(model, x, y, epochs=int(settings["local_epochs"]),
                           batch_size=int(settings["batch_size"]), lr=float(settings["lr"]),
-                          device=device, generator=generator)
+                          device=device,
+                          generator=seeded_generator(int(settings["seed"]), server_round, cid))
     return result, {}
 
 

@@ -8,10 +8,14 @@ It reports the steps really taken and the real sample rate, so an accountant fed
 
 Per-example gradients: "ghost" clipping is the default because it is the fastest
 exact mode on CPU for the registry's models (see benchmarks/bench_dp.py); models it
-cannot handle (a layer used twice in one forward pass) fall back to "hooks" with the
-same seed. Randomness (Poisson sampling and noise) comes from the caller's seeded
-generator, so a seed reproduces a run; that also means Opacus' secure RNG is off,
-which is right for research and simulation, not for a production deployment.
+cannot handle (a layer used twice in one forward pass) fall back to "hooks".
+
+Randomness: every draw the guarantee rests on, the Poisson batches and the noise,
+comes from the caller's `DPRandomness` (client/dp_random.py), never from a torch
+generator: Opacus' own sampler and noise use torch generators, so `PrivateTraining`
+replaces both. A client passes `DPRandomness.secret_source()` (a ChaCha20 key from
+its OS entropy, unknown to the server); tests and `--insecure-reproducible-noise`
+pass a reproducible one.
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ from typing import Any, Literal, get_args
 import numpy as np
 import torch
 from opacus import PrivacyEngine
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from opacus.utils.module_utils import trainable_modules
 from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from fedsim.client.dp_random import DPRandomness
 from fedsim.client.training import host_tensor
 from fedsim.errors import ConfigError
 
@@ -131,14 +137,56 @@ def _check_args(
     return problems
 
 
-def _noise_generator(
-    generator: torch.Generator, device: torch.device
-) -> torch.Generator:
-    """Return the caller's generator on CPU, on a GPU a device one seeded from it."""
-    if device.type == "cpu":
-        return generator
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    return torch.Generator(device=device).manual_seed(seed)
+class PoissonBatches:
+    """Opacus' Poisson sampling (each example in each batch with prob q), secretly drawn.
+
+    `int(1 / q)` batches per epoch, as Opacus' UniformWithReplacementSampler; an
+    empty batch is a batch of zero examples (its step still adds noise).
+    """
+
+    def __init__(self, dataset: TensorDataset, sample_rate: float,
+                 randomness: DPRandomness) -> None:
+        self.features, self.labels = dataset.tensors
+        self.sample_rate = sample_rate
+        self.randomness = randomness
+
+    def __len__(self) -> int:
+        return int(1 / self.sample_rate)
+
+    def __iter__(self):
+        for _ in range(len(self)):
+            mask = self.randomness.poisson_mask(len(self.labels), self.sample_rate)
+            rows = mask.nonzero().reshape(-1)
+            yield self.features[rows], self.labels[rows]
+
+
+def _replace_noise(optimizer, randomness: DPRandomness) -> None:
+    """Make Opacus' DP optimizer draw its Gaussian noise from `randomness`.
+
+    Same std as Opacus (noise multiplier x clip norm) on the summed clipped
+    gradient; the sum is formed in float64 and rounded once (see dp_random).
+    """
+
+    def add_noise() -> None:
+        std = float(getattr(optimizer, "_adjusted_noise_multiplier",
+                            optimizer.noise_multiplier)) * optimizer.max_grad_norm
+        params = optimizer.params
+        sums = [p.summed_grad for p in params]
+        for summed in sums:
+            _check_processed_flag(summed)
+        noise = (randomness.normal(sum(g.numel() for g in sums), sums[0].device)
+                 if std > 0 and sums else None)
+        offset = 0
+        for p, summed in zip(params, sums, strict=True):
+            grad = summed
+            if noise is not None:
+                part = noise[offset : offset + summed.numel()].view_as(summed)
+                grad = (summed.to(torch.float64) + std * part).to(summed.dtype)
+                offset += summed.numel()
+            p.grad = grad.view_as(p)
+            _mark_as_processed(summed)
+
+    optimizer.add_noise = add_noise
 
 
 class PrivateTraining:
@@ -159,7 +207,7 @@ class PrivateTraining:
         noise_multiplier: float,
         max_grad_norm: float,
         device: torch.device,
-        generator: torch.Generator,
+        randomness: DPRandomness,
         grad_sample_mode: GradSampleMode = "ghost",
     ) -> None:
         self.model = model
@@ -173,18 +221,21 @@ class PrivateTraining:
             module=model,
             optimizer=torch.optim.SGD(model.parameters(), lr=lr),
             criterion=criterion,
-            data_loader=DataLoader(dataset, batch_size=batch_size, generator=generator),
+            data_loader=DataLoader(dataset, batch_size=batch_size),
             noise_multiplier=noise_multiplier,
             max_grad_norm=max_grad_norm,
             poisson_sampling=True,
-            noise_generator=_noise_generator(generator, device),
             grad_sample_mode=grad_sample_mode,
         )
         if grad_sample_mode == "ghost":
-            self.module, self.optimizer, self.criterion, self.loader = parts
+            self.module, self.optimizer, self.criterion, opacus_loader = parts
         else:
-            self.module, self.optimizer, self.loader = parts
+            self.module, self.optimizer, opacus_loader = parts
             self.criterion = criterion
+        # Opacus' loader and noise draw from torch generators: keep its sample rate
+        # (what its accountant hook records), replace both sources of randomness.
+        self.loader = PoissonBatches(dataset, float(opacus_loader.sample_rate), randomness)
+        _replace_noise(self.optimizer, randomness)
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor) -> float | None:
         """One DP-SGD step on a batch; its mean loss (None for an empty batch)."""
@@ -275,11 +326,12 @@ def train_dp(
     noise_multiplier: float,
     max_grad_norm: float,
     device: torch.device,
-    generator: torch.Generator,
+    randomness: DPRandomness,
     grad_sample_mode: GradSampleMode = "ghost",
 ) -> DPTrainResult:
     """DP-SGD over (x, y) for `epochs` Poisson epochs; `model` is trained in place.
 
+    Sampling and noise come from `randomness` (a client passes a secret one).
     `noise_multiplier` 0 clips without noise (no privacy; for tests). Raises a
     ConfigError for bad arguments or a model Opacus cannot train privately.
     """
@@ -295,15 +347,17 @@ def train_dp(
     dataset = _dataset(x, y)
     settings = dict(
         batch_size=batch_size, lr=lr, noise_multiplier=noise_multiplier,
-        max_grad_norm=max_grad_norm, device=device, generator=generator,
+        max_grad_norm=max_grad_norm, device=device, randomness=randomness,
     )
     if grad_sample_mode != "ghost":
         return _train(model, dataset, epochs, grad_sample_mode, settings)
-    weights, rng_state = copy.deepcopy(model.state_dict()), generator.get_state()
+    weights = copy.deepcopy(model.state_dict())
     try:
         return _train(model, dataset, epochs, "ghost", settings)
     except NotImplementedError as err:  # e.g. a layer used twice per forward pass
+        # Nothing of the failed pass left this function: redo it from the start,
+        # with the same stream when reproducible and fresh secret noise otherwise.
         log.info("ghost clipping cannot train this model (%s); using hooks", err)
         model.load_state_dict(weights)
-        generator.set_state(rng_state)
+        settings["randomness"] = randomness.restarted()
         return _train(model, dataset, epochs, "hooks", settings)

@@ -93,8 +93,22 @@ def known_history(context: Context, server_history: str | None
     return theirs if len(theirs) > len(own) else own
 
 
+def dp_randomness(settings: dict, *, server_round: int, client_id: int):
+    """The source of this participation's Poisson batches and noise.
+
+    Secret (a key from this process's OS entropy) unless the run asked for
+    `--insecure-reproducible-noise`, which derives it from (seed, round, client):
+    numbers the server knows, so it can recompute and remove all of the noise.
+    """
+    from fedsim.client.dp_random import DPRandomness
+
+    if settings["dp"].get("insecure_reproducible_noise"):
+        return DPRandomness.reproducible(int(settings["seed"]), server_round, client_id)
+    return DPRandomness.secret_source()
+
+
 def dp_train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, *, settings: dict,
-             context: Context, device: torch.device, generator: torch.Generator,
+             context: Context, device: torch.device, server_round: int, client_id: int,
              server_history: str | None = None) -> tuple[DPOutcome, object | None]:
     """Check the budget, then train with DP-SGD and record the participation."""
     from fedsim.client.dp import train_dp
@@ -119,7 +133,9 @@ def dp_train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, *, settings: 
     result = train_dp(model, x, y, epochs=settings["local_epochs"],
                       batch_size=settings["batch_size"], lr=settings["lr"],
                       noise_multiplier=noise, max_grad_norm=float(dp["max_grad_norm"]),
-                      device=device, generator=generator)
+                      device=device,
+                      randomness=dp_randomness(settings, server_round=server_round,
+                                               client_id=client_id))
     history.append((noise, result.sample_rate, result.steps))
     save_history(context, history)
     eps = epsilon(history, delta=delta, accountant=dp["accountant"])

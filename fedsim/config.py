@@ -62,6 +62,9 @@ class RunConfig:
     delta: float | None = None
     accountant: AccountantKind = "rdp"
     epsilon_budget: float | None = None
+    # INSECURE: noise and Poisson batches from (seed, round, client), which the
+    # server knows: runs repeat exactly and offer no DP against the server.
+    insecure_reproducible_noise: bool = False
     # secure aggregation
     secure_agg: SecureAgg = "none"
     he_params: HEParamSet = "default"
@@ -158,6 +161,8 @@ def _check_privacy(cfg: dict[str, Any], problems: list[str]) -> None:
     if not cfg["dp"]:
         problems.extend(f"--{flag_name(k)} needs --dp" for k in dp_only
                         if cfg[k] is not None)
+        if cfg["insecure_reproducible_noise"] is True:
+            problems.append("--insecure-reproducible-noise needs --dp")
         return
     numeric = {k: cfg[k] for k in (*dp_only, "max_grad_norm")
                if isinstance(cfg[k], int | float) or cfg[k] is None}

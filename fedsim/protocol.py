@@ -11,6 +11,8 @@ METRICS = "metrics"
 ROUND = "server-round"
 SETTINGS = "fedsim-settings"  # JSON of client.settings.ClientSettings
 DATA_DIR = "data-dir"
+SIM_PRIVACY_DIR = "privacy-dir"  # simulation only: where simulated clients keep their
+#                                  own privacy ledgers (a real site: its node config)
 
 # MetricRecord keys sent back by clients
 NUM_EXAMPLES = "num-examples"

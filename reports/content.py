@@ -121,6 +121,7 @@ def privacy_facts(run: RunData, clients: list[ClientPrivacy]) -> PrivacyFacts:
         exhausted=max(in_metrics,
                       sum(1 for c in clients if c.exhausted_round is not None)),
         target_epsilon=finite(config.get("target_epsilon")),
+        insecure_noise=bool(config.get("insecure_reproducible_noise")),
     )
 
 
@@ -260,6 +261,15 @@ def traffic_section(run: RunData) -> Section:
               caption=f"Megabytes sent and received per round ({kind})")))
 
 
+def insecure_noise_warning(run: RunData) -> tuple[str, ...]:
+    """The report's first line for a run whose noise the server could recompute."""
+    if not (run.dp_on and run.config.get("insecure_reproducible_noise")):
+        return ()
+    return ("--insecure-reproducible-noise: no DP against the server. The noise "
+            "derives from the run seed, round and client id, so the server can "
+            "remove it; the ε figures hold only against whoever cannot.",)
+
+
 def run_document(run: RunData) -> Document:
     """Build the whole report of one run."""
     clients = by_client(run.ledger)
@@ -268,7 +278,7 @@ def run_document(run: RunData) -> Document:
         title=f"Privacy and results report: {run.run_dir.name}",
         subtitle=f"Run folder {run.run_dir}; report made {stamp}. Machine-readable "
                  "privacy figures: privacy.json.",
-        warnings=run.warnings,
+        warnings=(*insecure_noise_warning(run), *run.warnings),
         sections=(protection_section(run, clients), epsilon_section(run, clients),
                   top_clients_section(run, clients), outcome_section(run),
                   accuracy_section(run), participation_section(run, clients),

@@ -198,6 +198,8 @@ def privacy_json(run: RunData) -> dict[str, Any]:
         "run_dir": str(run.run_dir),
         "source": str(LEDGER) if run.has_ledger else None,
         "dp": run.dp_on,
+        "dp_against_server": (not run.config.get("insecure_reproducible_noise")
+                              if run.dp_on else None),
         "finished": run.finished,
         "ledger_records": len(run.ledger),
         "accountant": _common([r.accountant for r in run.ledger]),

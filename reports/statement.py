@@ -30,6 +30,8 @@ class PrivacyFacts:
     budget: float | None
     exhausted: int
     target_epsilon: float | None
+    insecure_noise: bool = False
+    """--insecure-reproducible-noise: the server can recompute and remove the noise."""
 
 
 def _fmt(value: float | None, spec: str = ".3g") -> str:
@@ -73,8 +75,28 @@ def _dp_strength(facts: PrivacyFacts) -> str:
             "is stronger: about 1 or below is strong, 10 or more is weak.")
 
 
+NO_DP_AGAINST_SERVER = "no DP against the server"
+
+
+def _insecure_noise(facts: PrivacyFacts) -> list[str]:
+    """What a run with --insecure-reproducible-noise protects: nothing from the server."""
+    return [
+        f"Nothing, against the server: {NO_DP_AGAINST_SERVER}. This run used "
+        "--insecure-reproducible-noise: every client's noise and Poisson batches "
+        "derive from the run seed, the round and the client id, which the server "
+        "knows, so it can recompute the noise and subtract it from each update, "
+        "and it knows which examples each batch held. The same holds for anyone "
+        "who learns the seed (it is in config.json) and sees an update, including "
+        "other clients under HE. The ε below is what the noise would give if it "
+        "were secret; it is not a guarantee for this run.",
+        _dp_strength(facts),
+    ]
+
+
 def _dp_protected(facts: PrivacyFacts) -> list[str]:
     """List what sample-level DP protects in this run."""
+    if facts.insecure_noise:
+        return _insecure_noise(facts)
     items = [
         "Each single training example of every client, against anyone who sees "
         "that client's updates or the global model: the server, the other clients "
@@ -82,7 +104,9 @@ def _dp_protected(facts: PrivacyFacts) -> list[str]:
         "privacy (DP-SGD with Opacus): each example's gradient is clipped"
         f"{_value(' to norm', facts.max_grad_norm)} and Gaussian noise"
         f"{_value(' with multiplier', facts.noise_multiplier)} is added before an "
-        "update leaves the client.",
+        "update leaves the client. The noise and the Poisson batches come from a "
+        "key each client draws from its own OS entropy for each round: the server "
+        "never knows them.",
         _dp_strength(facts),
     ]
     if facts.budget is not None:

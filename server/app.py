@@ -79,6 +79,7 @@ def client_settings(plan: ServerPlan) -> dict:
             "delta": cfg.delta,
             "accountant": cfg.accountant,
             "epsilon_budget": cfg.epsilon_budget,
+            "insecure_reproducible_noise": cfg.insecure_reproducible_noise,
         }
     if plan.he is not None:
         settings["he"] = {

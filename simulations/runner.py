@@ -282,6 +282,8 @@ def _execute(started: PreparedRun, *, listener, verbose: bool, client_app,
                                 f"{cfg.rounds}; continue with: fedsim run --resume {run_dir}")
     if started.he is not None:
         extra["he_fingerprint"] = started.he.fingerprint
+    if cfg.dp:
+        extra["dp_against_server"] = not cfg.insecure_reproducible_noise
     summary = recorder.summary(extra)
     atomic_write_json(run_dir / "summary.json", summary)
     return RunOutcome(run_dir=run_dir, summary=summary, interrupted=interrupted)

@@ -8,10 +8,14 @@ import sys
 import time
 
 import pytest
+import torch
 from opacus.accountants import RDPAccountant
 
+from fedsim.config import build_config
 from fedsim.privacy.accounting import default_delta, epsilon, would_exceed
 from fedsim.privacy.ledger import PrivacyLedger
+from fedsim.reports.write import write_run_report
+from fedsim.simulations.runner import simulate
 from tests.conftest import DP_BUDGET as BUDGET
 
 
@@ -111,3 +115,33 @@ def test_killed_run_leaves_a_complete_ledger(tmp_path):
         assert recs[-1].epsilon == pytest.approx(
             epsilon(hist, delta=recs[-1].delta, accountant="rdp"), rel=1e-9)
     assert not (out / "summary.json").exists()
+
+
+def _model(run_dir):
+    state = torch.load(run_dir / "model.pt", weights_only=True)
+    return torch.cat([v.flatten() for v in state.values()])
+
+
+def test_same_seed_dp_runs_differ_unless_noise_is_insecure(tmp_path):
+    base = {"clients": 2, "rounds": 1, "fraction": 1.0, "local_epochs": 1,
+            "batch_size": 32, "seed": 5, "dp": True, "noise_multiplier": 1.0,
+            "device": "cpu"}
+    runs = {}
+    for name, insecure in (("secret_a", False), ("secret_b", False),
+                           ("insecure_a", True), ("insecure_b", True)):
+        cfg = build_config({**base, "insecure_reproducible_noise": insecure,
+                            "out": str(tmp_path / name)})
+        runs[name] = simulate(cfg)
+    # Secret noise: the server cannot repeat (nor remove) a client's noise.
+    assert not torch.equal(_model(runs["secret_a"].run_dir), _model(runs["secret_b"].run_dir))
+    # Insecure: (seed, round, client) fix the noise; the run repeats bit for bit.
+    assert torch.equal(_model(runs["insecure_a"].run_dir), _model(runs["insecure_b"].run_dir))
+    assert runs["secret_a"].summary["dp_against_server"] is True
+    assert runs["insecure_a"].summary["dp_against_server"] is False
+    secret = write_run_report(runs["secret_a"].run_dir)
+    insecure = write_run_report(runs["insecure_a"].run_dir)
+    assert "no DP against the server" in insecure.markdown.read_text()
+    assert "no DP against the server" in insecure.html.read_text()
+    assert "no DP against the server" not in secret.markdown.read_text()
+    privacy = json.loads((runs["insecure_a"].run_dir / "privacy.json").read_text())
+    assert privacy["dp_against_server"] is False

@@ -6,7 +6,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedsim.client.dp import DPTrainResult, train_dp, validate_model
-from fedsim.client.training import evaluate, seeded_generator
+from fedsim.client.dp_random import DPRandomness
+from fedsim.client.training import evaluate
 from fedsim.errors import ConfigError
 from fedsim.fedmodels.models import FedAvgCNN, ModelSpec, build_model, model_names
 from fedsim.privacy import accounting
@@ -45,8 +46,11 @@ def images(n, seed=0, shape=(1, 8, 8)):
 
 
 def run(model, x, y, *, seed=1, **overrides):
+    """train_dp with a reproducible source (seed None: a secret one, as clients use)."""
+    randomness = (DPRandomness.secret_source() if seed is None
+                  else DPRandomness.reproducible(seed))
     settings = dict(epochs=1, batch_size=8, lr=0.5, noise_multiplier=1.0,
-                    max_grad_norm=1.0, device=CPU, generator=seeded_generator(seed))
+                    max_grad_norm=1.0, device=CPU, randomness=randomness)
     settings.update(overrides)
     return train_dp(model, x, y, **settings)
 
@@ -204,6 +208,39 @@ def test_same_seed_same_model_other_seed_other_model():
     assert not torch.equal(a.classifier[1].weight, c.classifier[1].weight)
 
 
+def test_secret_noise_differs_on_every_pass():
+    x, y = images(40)
+    torch.manual_seed(0)
+    a, b = FedAvgCNN((1, 8, 8), 10), FedAvgCNN((1, 8, 8), 10)
+    b.load_state_dict(a.state_dict())
+    run(a, x, y, seed=None)
+    run(b, x, y, seed=None)
+    assert not torch.equal(a.classifier[1].weight, b.classifier[1].weight)
+
+
+def test_randomness_is_uniform_gaussian_and_poisson():
+    source = DPRandomness.secret_source()
+    u = source.uniform(200_000)
+    assert u.dtype == torch.float64 and 0.0 < float(u.min()) and float(u.max()) < 1.0
+    assert float(u.mean()) == pytest.approx(0.5, abs=0.005)
+    z = source.normal(200_001)
+    assert z.shape == (200_001,) and z.dtype == torch.float64
+    assert float(z.mean()) == pytest.approx(0.0, abs=0.01)
+    assert float(z.std()) == pytest.approx(1.0, rel=0.01)
+    assert float((z.abs() > 1.959964).double().mean()) == pytest.approx(0.05, abs=0.003)
+    mask = source.poisson_mask(100_000, 0.1)
+    assert mask.dtype == torch.bool and float(mask.double().mean()) == pytest.approx(
+        0.1, abs=0.004)
+    # Each draw is fresh keystream; reproducible sources repeat, secret ones do not.
+    assert not torch.equal(source.normal(8), source.normal(8))
+    assert torch.equal(DPRandomness.reproducible(1, 2).normal(8),
+                       DPRandomness.reproducible(1, 2).normal(8))
+    assert not torch.equal(DPRandomness.reproducible(1, 2).normal(8),
+                           DPRandomness.reproducible(1, 3).normal(8))
+    assert not torch.equal(DPRandomness.secret_source().normal(8),
+                           DPRandomness.secret_source().normal(8))
+
+
 def test_model_comes_back_clean_and_can_train_again():
     # Prepare
     model = FedAvgCNN((1, 8, 8), 10)
@@ -292,19 +329,18 @@ def test_epsilon_grows_with_participations_as_planned():
     assert tuple(epsilons) == pytest.approx(planned.epsilons, rel=1e-12)
 
 
-def test_dp_training_on_real_digits_lowers_the_loss():
-    # Prepare: 800 real digits, moderate noise (sigma 1, clip 1).
+def test_dp_training_on_real_digits_learns():
+    # Prepare: 800 real digits, moderate noise (sigma 1, clip 1), secret noise as a
+    # client draws it (so the outcome varies run to run; the bound holds for all).
     digits = load_digits()
     x = (digits.images[:800, None] / 16.0).astype(np.float32)
     y = digits.target[:800]
     torch.manual_seed(0)
     model = FedAvgCNN((1, 8, 8), 10)
-    loss_before, _ = evaluate(model, x, y, device=CPU)
     # Execute
-    result = run(model, x, y, seed=0, epochs=4, batch_size=80, lr=2.0,
+    result = run(model, x, y, seed=None, epochs=8, batch_size=80, lr=1.0,
                  noise_multiplier=1.0, max_grad_norm=1.0)
-    # Assert
-    loss_after, accuracy = evaluate(model, x, y, device=CPU)
-    assert isinstance(result, DPTrainResult) and result.steps == 40
-    assert loss_after < loss_before - 0.5
-    assert accuracy > 0.4
+    # Assert: far above chance (0.1); loss is too noisy a measure under DP noise.
+    _, accuracy = evaluate(model, x, y, device=CPU)
+    assert isinstance(result, DPTrainResult) and result.steps == 80
+    assert accuracy > 0.5

@@ -16,8 +16,10 @@ from fedsim.config import build_config
 from fedsim.privacy.ledger import PrivacyLedger
 from fedsim.simulations.runner import simulate
 
+# Reproducible noise: with secret DP noise (the default) no two runs are alike, and
+# a resumed run's re-run rounds are fresh releases (tests/test_dp_simulation.py).
 ARGS = {"clients": 4, "rounds": 5, "fraction": 0.5, "local_epochs": 1, "batch_size": 16,
-        "seed": 21, "dp": True, "noise_multiplier": 1.0}
+        "seed": 21, "dp": True, "noise_multiplier": 1.0, "insecure_reproducible_noise": True}
 
 
 def _flags(values):

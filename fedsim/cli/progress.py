@@ -152,6 +152,9 @@ def summary_table(summary: dict, run_dir: str) -> Table:
         ("MB sent / received", f"{summary.get('bytes_sent', 0) / 1e6:.1f} / "
                                f"{summary.get('bytes_received', 0) / 1e6:.1f}"),
     ]
+    if summary.get("dp_against_server") is not None:
+        rows.append(("DP against the server", "yes" if summary["dp_against_server"] else
+                     "NO (--insecure-reproducible-noise)"))
     for name, value in rows:
         table.add_row(name, value)
     table.caption = ("wall time: from the command's start (data, Ray, handshake) to the "

@@ -22,6 +22,11 @@ def _describe_privacy(console: Console, cfg, started) -> None:
         console.print(f"DP-SGD on every client (sample-level): {noise}, clip "
                       f"{cfg.max_grad_norm}, {delta}, {cfg.accountant} accountant{budget}; "
                       "ledger: privacy/ledger.jsonl", highlight=False)
+        if cfg.insecure_reproducible_noise:
+            console.print("[bold red]--insecure-reproducible-noise: NO DP AGAINST THE "
+                          "SERVER.[/] Noise and Poisson batches derive from (seed, round, "
+                          "client), which the server knows: it can remove the noise from "
+                          "every update. For reproducible research only.", highlight=False)
     if started.he is not None:
         console.print(f"Secure aggregation: CKKS ({cfg.he_params} parameters), key "
                       f"fingerprint {started.he.fingerprint[:16]}; the server holds no key, "
@@ -56,6 +61,7 @@ def run(
     delta: Annotated[float | None, typer.Option(help="DP delta. \\[default: min(1e-5, 0.1/n) for a client with n examples, below 1/n]")] = None,
     accountant: Annotated[str | None, typer.Option(help="Privacy accountant: rdp, prv or gdp. \\[default: rdp]")] = None,
     epsilon_budget: Annotated[float | None, typer.Option(help="Per-client epsilon budget: a client refuses a round that would exceed it. \\[default: none: no cap]")] = None,
+    insecure_reproducible_noise: Annotated[bool | None, typer.Option("--insecure-reproducible-noise", help="INSECURE, research only: derive DP-SGD's noise and Poisson batches from (seed, round, client) so a run repeats exactly. The server knows those numbers and can remove the noise: NO DP AGAINST THE SERVER (or, under HE, against other clients). \\[default: off]")] = None,
     secure_agg: Annotated[str | None, typer.Option(help="none, or he: clients send CKKS ciphertexts and the server sums what it cannot read. \\[default: none]")] = None,
     he_params: Annotated[str | None, typer.Option(help="HE parameter set: default or compact. \\[default: default]")] = None,
     ray_address: Annotated[str | None, typer.Option(help="Run on an existing Ray cluster (HOST:PORT of its head, as `ray start --head` prints) instead of a local Ray. \\[default: none: a fresh local Ray]")] = None,

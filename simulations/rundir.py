@@ -51,9 +51,16 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
+RUN_MARKERS = ("config.json", "federation.json")  # what `fedsim run` writes at its start
+
+
 def is_run_folder(path: Path) -> bool:
-    """True when `path` holds what `fedsim run` writes first (its config.json)."""
-    return (path / "config.json").is_file()
+    """True when `path` holds what `fedsim run` writes at its start (both markers).
+
+    Only such a folder is ever replaced by --force: a folder of the user's that just
+    happens to hold a config.json is not.
+    """
+    return all((path / name).is_file() for name in RUN_MARKERS)
 
 
 def check_out_dir(out: str | None, *, force: bool = False) -> None:

@@ -31,6 +31,7 @@ def _cli(monkeypatch, capsys, *args):
 def _fake_run(folder):
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(RunConfig().to_dict()))
+    (folder / "federation.json").write_text("{}")
     (folder / "metrics.jsonl").write_text('{"round": 1}\n')
 
 
@@ -57,6 +58,28 @@ def test_out_with_other_files_is_refused_even_with_force(tmp_path, monkeypatch, 
     _one_line_error(code, err)
     assert "no fedsim run" in err
     assert (mine / "thesis.tex").read_text() == "keep me"
+
+
+def test_force_never_replaces_a_folder_that_merely_has_a_config_json(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="no fedsim run"):
+        check_out_dir(str(project), force=True)
+    fresh_run_dir(str(project), replace=True)
+    assert (project / "config.json").is_file()
+
+
+def test_flower_telemetry_is_off_unless_asked_for():
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "FLWR_TELEMETRY_ENABLED"}
+    probe = ("import fedsim.simulations.runner; import flwr.supercore.telemetry as t; "
+             "print(t.FLWR_TELEMETRY_ENABLED)")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.stdout.strip() == "0", proc.stderr[-2000:]
 
 
 def test_force_replaces_only_a_run_folder(tmp_path):

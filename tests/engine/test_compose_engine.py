@@ -335,7 +335,7 @@ SUPERNODE = ["flower-supernode", "--superlink", "superlink:9093", "--root-certif
              "/fedsim/certs/ca.crt", "--max-retries", "2", "--node-config", "partition-id=9"]
 
 
-def test_unenrolled_key_is_refused(engine, finished):
+def test_unenrolled_key_is_refused(engine):
     code, log = stranger(engine, "unenrolled", SUPERNODE + [
         "--auth-supernode-private-key", "/fedsim/site/key/node.key"],
         key=stranger_keys(engine))
@@ -344,7 +344,7 @@ def test_unenrolled_key_is_refused(engine, finished):
     engine.record("refused: unenrolled key", log.strip().splitlines()[-1][:160])
 
 
-def test_self_registering_supernode_is_refused(engine, finished):
+def test_self_registering_supernode_is_refused(engine):
     code, log = stranger(engine, "self-register", SUPERNODE, timeout=45)
     assert code != 0 and "403 Forbidden" in log and "register-node" in log, log[-2000:]
     assert "activate-node" not in log
@@ -353,7 +353,7 @@ def test_self_registering_supernode_is_refused(engine, finished):
 
 
 @pytest.mark.parametrize("door", ["superlink:9093", "superlink:9095"])
-def test_stranger_cannot_register_a_key(engine, finished, door):
+def test_stranger_cannot_register_a_key(engine, door):
     code, log = stranger(engine, f"register-{door[-4:]}", [
         "python", "-m", "fedsim", "deploy", "enroll", "/fedsim/site/key", "--superlink",
         door, "--ca", "/fedsim/certs/ca.crt"], key=stranger_keys(engine))
@@ -363,7 +363,7 @@ def test_stranger_cannot_register_a_key(engine, finished, door):
     assert "refused POST /v1/control/" in gateway
 
 
-def test_only_the_enrolled_sites_are_nodes(engine, finished):
+def test_only_the_enrolled_sites_are_nodes(engine):
     """After all the attempts, the operator's list holds client-0 and client-1 only."""
     home = engine.root / "flwr-home"
     home.mkdir(exist_ok=True)

@@ -129,3 +129,25 @@ def test_certs_init_names_each_address_once(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "localhost, 127.0.0.1" in done.stdout
     assert "localhost, localhost" not in done.stdout
+
+
+def test_waiting_for_a_run_survives_a_few_failed_polls(monkeypatch):
+    from fedsim.deploy import control
+    from fedsim.deploy.flwr_cli import Connection, DeployError
+
+    replies = [DeployError("busy"), DeployError("busy"),
+               control.RunState(run_id=7, status="running"),
+               control.RunState(run_id=7, status="finished:completed")]
+
+    def fake_state(conn, run_id):
+        reply = replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    monkeypatch.setattr(control, "run_state", fake_state)
+    conn = Connection(address="x:1", ca=Path("ca.crt"))
+    assert control.wait_for(conn, 7, timeout=10, poll=0).completed
+    replies[:] = [DeployError("down")] * 3
+    with pytest.raises(DeployError, match="down"):
+        control.wait_for(conn, 7, timeout=10, poll=0, tolerate=2)

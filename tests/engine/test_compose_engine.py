@@ -236,15 +236,24 @@ def finished(engine):
     control = f"127.0.0.1:{engine.env['FEDSIM_CONTROL_PORT']}"
     out = engine.root / "results"
     start = time.monotonic()
-    done = fedsim("deploy", "submit", "--superlink", control, "--ca",
+    try:
+        done = _submit(engine, control, out)
+    except AssertionError as err:
+        logs = engine.compose("logs", "--no-color", "--tail", "60", check=False).stdout
+        raise AssertionError(f"{err}\n---- compose logs (tail) ----\n{logs}") from None
+    engine.record("DP + HE run, 2 rounds, 2 sites", f"{time.monotonic() - start:.0f} s")
+    return out, done.stdout
+
+
+def _submit(engine: Engine, control: str, out: Path) -> subprocess.CompletedProcess:
+    """docs/deployment.md section 5, with --wait and --out (section 7)."""
+    return fedsim("deploy", "submit", "--superlink", control, "--ca",
                   str(engine.deploy / "certs" / "ca.crt"), "--clients", "2",
                   "--rounds", "2", "--fraction", "1.0", "--local-epochs", "1",
                   "--batch-size", "16", "--lr", "0.2", "--dp", "--noise-multiplier", "1.0",
                   "--secure-agg", "he", "--run-name", "engine", "--wait",
                   "--timeout", str(RUN_TIMEOUT_S), "--runs", str(engine.deploy / "runs"),
                   "--out", str(out), env=engine.env, timeout=RUN_TIMEOUT_S + 60)
-    engine.record("DP + HE run, 2 rounds, 2 sites", f"{time.monotonic() - start:.0f} s")
-    return out, done.stdout
 
 
 def test_enrollment_registered_both_sites(engine):
@@ -326,7 +335,7 @@ SUPERNODE = ["flower-supernode", "--superlink", "superlink:9093", "--root-certif
              "/fedsim/certs/ca.crt", "--max-retries", "2", "--node-config", "partition-id=9"]
 
 
-def test_unenrolled_key_is_refused(engine, finished):
+def test_unenrolled_key_is_refused(engine):
     code, log = stranger(engine, "unenrolled", SUPERNODE + [
         "--auth-supernode-private-key", "/fedsim/site/key/node.key"],
         key=stranger_keys(engine))
@@ -335,7 +344,7 @@ def test_unenrolled_key_is_refused(engine, finished):
     engine.record("refused: unenrolled key", log.strip().splitlines()[-1][:160])
 
 
-def test_self_registering_supernode_is_refused(engine, finished):
+def test_self_registering_supernode_is_refused(engine):
     code, log = stranger(engine, "self-register", SUPERNODE, timeout=45)
     assert code != 0 and "403 Forbidden" in log and "register-node" in log, log[-2000:]
     assert "activate-node" not in log
@@ -344,7 +353,7 @@ def test_self_registering_supernode_is_refused(engine, finished):
 
 
 @pytest.mark.parametrize("door", ["superlink:9093", "superlink:9095"])
-def test_stranger_cannot_register_a_key(engine, finished, door):
+def test_stranger_cannot_register_a_key(engine, door):
     code, log = stranger(engine, f"register-{door[-4:]}", [
         "python", "-m", "fedsim", "deploy", "enroll", "/fedsim/site/key", "--superlink",
         door, "--ca", "/fedsim/certs/ca.crt"], key=stranger_keys(engine))
@@ -354,7 +363,7 @@ def test_stranger_cannot_register_a_key(engine, finished, door):
     assert "refused POST /v1/control/" in gateway
 
 
-def test_only_the_enrolled_sites_are_nodes(engine, finished):
+def test_only_the_enrolled_sites_are_nodes(engine):
     """After all the attempts, the operator's list holds client-0 and client-1 only."""
     home = engine.root / "flwr-home"
     home.mkdir(exist_ok=True)
@@ -374,6 +383,9 @@ def test_only_the_enrolled_sites_are_nodes(engine, finished):
 
 def teardown(engine: Engine) -> None:
     """Remove the containers, networks and images the test made; check they are gone."""
+    logs = engine.compose("logs", "--no-color", "--timestamps", check=False)
+    (engine.root / "compose.log").write_text(logs.stdout + logs.stderr)
+    engine.record("compose logs", str(engine.root / "compose.log"))
     engine.compose("down", "-v", "--remove-orphans", "--timeout", "20", check=False)
     for name in ("unenrolled", "self-register", "register-9093", "register-9095"):
         sh(["docker", "rm", "-f", f"{engine.project}-{name}"], check=False)

@@ -515,13 +515,13 @@ def _context(**node_config) -> Context:
 
 
 def test_attack_server_sent_key_paths_are_never_opened_by_a_site(
-        keyset, hostile_paths, monkeypatch):
+        keyset, hostile_paths, monkeypatch, tmp_path):
     monkeypatch.setenv(keys.PASSPHRASE_ENV, PASS)
     site_key = str(keyset.folder / "client.key")
     sent = {"key_path": hostile_paths.zero, "passphrase_file": hostile_paths.fifo,
             "fingerprint": keyset.fp, "run_id": RUN, "clients": CLIENTS}
-    box = _in_thread(lambda: he_step.session_for(sent, _context(**{"he-key": site_key}),
-                                                 "/srv/data"))
+    node = {"he-key": site_key, "site-journal": str(tmp_path / "journal.jsonl")}
+    box = _in_thread(lambda: he_step.session_for(sent, _context(**node), "/srv/data"))
     assert "error" not in box, box.get("error")
     assert box["value"].keys.fingerprint == keyset.fp
     assert hostile_paths.zero not in hostile_paths.opened
@@ -647,3 +647,123 @@ def test_attack_huge_announced_federation_is_refused(keyset, monkeypatch):
     with pytest.raises(he.EncodingError, match="at most 100000"):
         he_tag.Layout(num_params=10, num_clients=10**9)
     he_step._load.cache_clear()
+
+
+# --- the site as the server reaches it: refusals, the journal, fail closed ----------
+
+
+@pytest.fixture
+def site(keyset, tmp_path):
+    """Deployment-style sites (own key, passphrase file, journal) behind the real guard."""
+    from fedsim.client import app as client_app
+    from fedsim.client.local_data import train_size
+    from fedsim.client.policy import make_site_guard
+
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_text(PASS)
+    he_step._load.cache_clear()
+    guard = make_site_guard(train_size)
+
+    def node(cid: int) -> dict:
+        return {"partition-id": cid, "he-key": str(keyset.folder / "client.key"),
+                "he-passphrase-file": str(passphrase),
+                "site-journal": str(tmp_path / f"journal-{cid}.jsonl")}
+
+    def send(record, server_round, *, stage="evaluate", cid=0, context=None, run=RUN,
+             clients=CLIENTS, flower_run=1, **extra):
+        he_step._DECRYPTED.clear()
+        settings = {**SETTINGS, "dataset": "x", "local_epochs": 1, "batch_size": 8,
+                    "lr": 0.1, "device": "cpu", "rounds": 3, "fraction": 1.0, "dp": None,
+                    "he": {"fingerprint": keyset.fp, "run_id": run, "clients": clients}}
+        cfg = ConfigRecord({protocol.SETTINGS: protocol.encode_settings(settings),
+                            protocol.ROUND: server_round,
+                            protocol.DATA_DIR: str(tmp_path / "no-data")})
+        kind = MessageType.EVALUATE if stage == "evaluate" else MessageType.TRAIN
+        before = TaskIdentity.run_id
+        TaskIdentity.run_id = flower_run
+        try:
+            msg = Message(RecordDict({protocol.ARRAYS: record, protocol.CONFIG: cfg}),
+                          dst_node_id=100 + cid, message_type=kind)
+        finally:
+            TaskIdentity.run_id = before
+        context = context or Context(run_id=flower_run, node_id=100 + cid,
+                                     node_config=node(cid) | extra, state=RecordDict(),
+                                     run_config={})
+        fn = client_app.evaluate_local if stage == "evaluate" else client_app.train
+        return guard(msg, context, fn)
+
+    yield SimpleNamespace(send=send, node=node)
+    he_step._load.cache_clear()
+
+
+PASSED = "no prepared federation data"  # the HE checks passed, the test has no data
+
+
+def _reason(reply: Message) -> str:
+    assert reply.has_error()
+    return reply.error.reason
+
+
+def shifted(ks, record: ArrayRecord, offsets: np.ndarray) -> ArrayRecord:
+    """The server's move: global + plaintext offsets (update, weight, presence, tags)."""
+    out = [v + offsets[: v.size()].tolist() for v in vectors_of(ks, record)]
+    return with_blobs(record, he.serialize_vectors(out, fingerprint=ks.fp))
+
+
+def test_attack_error_oracle_refusal_text_is_fixed(keyset, round1, site):
+    # Attack 1: the refusal said "off by 0.0123" (the largest tag deviation); 68 such
+    # readings gave the server every tag value of a forgery. Now it reads a fixed text.
+    offsets = np.zeros(keyset.layout.total)
+    offsets[keyset.layout.tagged :] = np.linspace(-1, 1, keyset.layout.tags)
+    texts = set()
+    for cid in range(2):
+        reason = _reason(site.send(shifted(keyset, round1.record, offsets * (cid + 1)), 1,
+                                   cid=cid))
+        texts.add(reason.split(": ", 1)[1])
+        assert "off by" not in reason and "tolerance" not in reason
+    assert texts == {he_tag.TagError.public_reason}
+
+
+def test_attack_binary_oracle_gets_one_bit_per_site_and_run(keyset, round1, site):
+    # Attack 2: accept/refuse alone, asked 768 times, learnt every tag. Now a site's
+    # first refusal is its last answer for the run: honest bytes, other rounds, a
+    # restarted client (new Context), evaluate or train, all refused unopened.
+    offsets = np.zeros(keyset.layout.total)
+    offsets[keyset.layout.tagged] = 1.0
+    assert PASSED not in _reason(site.send(shifted(keyset, round1.record, offsets), 1))
+    opened = []
+    real_open = he_step._open
+    he_step._open = lambda *a, **k: opened.append(1) or real_open(*a, **k)
+    try:
+        for stage, server_round in (("evaluate", 1), ("train", 2), ("evaluate", 2)):
+            reason = _reason(site.send(round1.record, server_round, stage=stage))
+            assert "refuses the rest" in reason
+    finally:
+        he_step._open = real_open
+    assert opened == []  # nothing more was decrypted: no more bits
+    assert PASSED in _reason(site.send(round1.record, 1, cid=1))  # other sites unaffected
+
+
+def test_attack_other_bytes_for_an_accepted_round_are_refused_unopened(keyset, round1,
+                                                                       site):
+    # One global per (key set, run id, summed round) per site, evaluate and train
+    # alike: a second candidate for round 1 is never decrypted, even after a restart.
+    assert PASSED in _reason(site.send(round1.record, 1))
+    again = with_blobs(round1.record, protocol.ciphertext_blobs(round1.record),
+                       total=sum(WEIGHTS.values()) + 1e-12)
+    for stage, server_round in (("evaluate", 1), ("train", 2)):
+        assert "refused" in _reason(site.send(again, server_round, stage=stage))
+    assert PASSED in _reason(site.send(round1.record, 2, stage="train"))
+    # The refusals did not end the run: nothing of the secret was tested.
+    assert PASSED in _reason(site.send(round1.record, 1))
+
+
+def test_attack_adaptive_queries_leave_the_forgery_bound_overwhelming(keyset):
+    # At most one bit per site and round key reaches the server (fixed refusal text,
+    # one global per round, fail closed), so after N sites' answers a forgery of
+    # max |d| >= delta passes with probability at most 2^(N + forgery_bound).
+    # The digits CNN (188,810 parameters), d in the weighted sum (the average moves
+    # by d / total weight): 100 sites at d = 10, 1000 sites at d = 100.
+    for sites, delta, most in ((100, 10.0, -600), (1000, 100.0, -150)):
+        layout = he_tag.Layout(num_params=188_810, num_clients=sites)
+        assert sites + he_tag.forgery_bound(layout, 33, delta) <= most

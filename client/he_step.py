@@ -79,6 +79,12 @@ class SiteKeyError(HEError):
     """This site's HE keys cannot be used for the run (the reason stays in its log)."""
 
 
+class RoundRefused(TagError):
+    """A round this site trained in already (its reason reveals nothing secret)."""
+
+    public_reason = None  # the server may read why
+
+
 @dataclass(kw_only=True)
 class Session:
     """One message's HE state: the site's keys, the run's layout, the global's basis."""
@@ -315,7 +321,7 @@ def claim_round(context: Context, server_round: int, session: Session | None = N
         last = max([last, *(int(e.get("round", 0)) for e in journal.find("contributed",
                                                                           **where))])
     if server_round <= last:
-        raise TagError(f"round {server_round} asked after round {last}: this site trains "
+        raise RoundRefused(f"round {server_round} asked after round {last}: this site trains "
                        "once per round, in increasing rounds")
     if journal is not None:
         journal.append("contributed", round=server_round, **where)
@@ -353,12 +359,17 @@ ENCRYPTED_MODEL = "model_encrypted.npz"
 ENCRYPTED_MODEL_INFO = "model_encrypted.json"
 
 
-def open_final_model(run_dir: Path, keys: ClientKeySet, *, min_contributors: int = 1
-                     ) -> tuple[OrderedDict, tuple[int, ...]]:
-    """Verify and decrypt a run's model_encrypted.npz: the state dict and contributors.
+def open_final_model(run_dir: Path, keys: ClientKeySet, *,
+                     min_contributors: int = MIN_CONTRIBUTORS,
+                     expected_round: int | None = None
+                     ) -> tuple[OrderedDict, tuple[int, ...], int]:
+    """Verify and decrypt a run's model_encrypted.npz: state dict, contributors, round.
 
     The same checks a client makes on a global (tags for the round it sums, bound to
-    the run, presence marks, weight, capacity); raises TagError or HEError.
+    the run, presence marks, weight, capacity), a floor of `min_contributors`, and
+    the round it sums must be `expected_round` (the run's last completed round: an
+    earlier round's sum, or one client's lone contribution, is refused); raises
+    TagError or HEError.
     """
     import json
 
@@ -373,5 +384,8 @@ def open_final_model(run_dir: Path, keys: ClientKeySet, *, min_contributors: int
     session = Session(keys=keys, run_id=str(info["run_id"]),
                       layout_clients=int(info["clients"]), min_contributors=min_contributors)
     _, sum_round, _ = _metadata(record)
+    if expected_round is not None and sum_round != expected_round:
+        raise TagError(f"the model sums round {sum_round}, the run completed round "
+                       f"{expected_round}")
     state, _, contributors = _open(record, model, session, sum_round)
-    return state, contributors
+    return state, contributors, sum_round

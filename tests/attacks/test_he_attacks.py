@@ -767,3 +767,69 @@ def test_attack_adaptive_queries_leave_the_forgery_bound_overwhelming(keyset):
     for sites, delta, most in ((100, 10.0, -600), (1000, 100.0, -150)):
         layout = he_tag.Layout(num_params=188_810, num_clients=sites)
         assert sites + he_tag.forgery_bound(layout, 33, delta) <= most
+
+
+def test_attack_run_id_reused_by_another_flower_run_is_refused(keyset, round1, site):
+    # Attack 4 (a): the server announces run 1's run id again in a second Flower run
+    # and replays run 1's round-1 sum as run 2's round-2 global.
+    assert PASSED in _reason(site.send(round1.record, 1, cid=3, flower_run=1))
+    reason = _reason(site.send(round1.record, 2, stage="train", cid=3, flower_run=2))
+    assert "already used by another Flower run" in reason
+
+
+def test_attack_second_contribution_under_one_binding_is_refused(keyset, site):
+    # Attack 4 (b): two genuine contributions of client 0 under one tag key (round 1
+    # of run id RUN, twice) let the server add K x their difference. The site
+    # contributes once per (key set, run id, round): not in a second Flower run, not
+    # after a restart (a fresh Context) of the same one.
+    assert PASSED in _reason(site.send(plain_initial(), 1, stage="train"))
+    again = _reason(site.send(plain_initial(), 1, stage="train"))  # restarted client
+    assert "once per round" in again
+    other_run = _reason(site.send(plain_initial(), 1, stage="train", flower_run=7))
+    assert "already used by another Flower run" in other_run
+    assert PASSED in _reason(site.send(plain_initial(), 1, stage="train", cid=1))
+
+
+def test_attack_announced_clients_cannot_lower_a_sites_floor(keyset, site):
+    # Attack 3: he.clients = 1 turned a site's he-min-contributors = 3 into 1, so one
+    # client's contribution passed as the global. The site's floor stands.
+    reason = _reason(site.send(plain_initial(), 1, stage="train", clients=1,
+                               **{"he-min-contributors": 3}))
+    assert "at least 3 distinct contributors" in reason
+    assert PASSED in _reason(site.send(plain_initial(), 1, stage="train", cid=1,
+                                       clients=3, **{"he-min-contributors": 3}))
+
+
+def _final_run(folder, record: ArrayRecord, fingerprint: str):
+    import json
+
+    folder.mkdir(parents=True)
+    np.savez(folder / he_step.ENCRYPTED_MODEL, **{k: record[k].numpy() for k in record})
+    (folder / he_step.ENCRYPTED_MODEL_INFO).write_text(json.dumps(
+        {"run_id": RUN, "clients": CLIENTS, "fingerprint": fingerprint,
+         "model": SPEC.to_dict()}))
+    return folder
+
+
+def test_attack_decrypt_model_refuses_a_lone_or_earlier_round(keyset, round1, tmp_path):
+    # Attack 9: keys decrypt-model took client 2's lone round-1 contribution as a
+    # 3-round run's final model (floor 1, round never compared).
+    lone = protocol.encrypted_record(
+        protocol.ciphertext_blobs(round1.replies[2].content[protocol.ARRAYS]), 30.0,
+        sum_round=1, basis=he_tag.initial_basis(SPEC.to_dict(), SEED))
+    with pytest.raises(he_tag.TagError, match="1 distinct contribution"):
+        he_step.open_final_model(_final_run(tmp_path / "a", lone, keyset.fp), keyset.client,
+                                 expected_round=1)
+    full = _final_run(tmp_path / "b", round1.record, keyset.fp)
+    with pytest.raises(he_tag.TagError, match="sums round 1, the run completed round 3"):
+        he_step.open_final_model(full, keyset.client, expected_round=3)
+    _, contributors, sum_round = he_step.open_final_model(full, keyset.client,
+                                                          expected_round=1)
+    assert (contributors, sum_round) == ((0, 1, 2), 1)
+
+
+def test_attack_nan_total_weight_is_refused(keyset, round1):
+    record = with_blobs(round1.record, protocol.ciphertext_blobs(round1.record),
+                        total=float("nan"))
+    with pytest.raises(he_tag.TagError, match="announced total weight"):
+        open_global(keyset, record, server_round=2)

@@ -335,7 +335,8 @@ def replace_blob(reply: Message, blob: bytes, *, cid: int = 3) -> Message:
     arrays = ArrayRecord({protocol.ciphertext_key(0): Array(np.frombuffer(blob, np.uint8))})
     metrics = MetricRecord({protocol.CLIENT_ID: cid, protocol.NUM_EXAMPLES: 5.0})
     return as_reply(RecordDict({protocol.ARRAYS: arrays, protocol.METRICS: metrics,
-                                protocol.HE_CONFIG: content[protocol.HE_CONFIG]}))
+                                protocol.HE_CONFIG: content[protocol.HE_CONFIG]}),
+                    node=100 + cid)
 
 
 def honest_blob(reply: Message) -> bytes:
@@ -833,3 +834,43 @@ def test_attack_nan_total_weight_is_refused(keyset, round1):
                         total=float("nan"))
     with pytest.raises(he_tag.TagError, match="announced total weight"):
         open_global(keyset, record, server_round=2)
+
+
+def test_attack_copied_reply_and_borrowed_client_id_are_rejected(keyset, round1, caplog):
+    # Attack 8 (c): client 0's ciphertexts sent again under client 3's id (and from
+    # client 3's node) were summed twice; a reply claiming another node's client id
+    # was admitted too.
+    caplog.set_level("WARNING", logger="fedsim")
+    honest = round1.replies[0].content
+    copied = as_reply(RecordDict({
+        protocol.ARRAYS: honest[protocol.ARRAYS], protocol.HE_CONFIG: honest[protocol.HE_CONFIG],
+        protocol.METRICS: MetricRecord({protocol.CLIENT_ID: 3, protocol.NUM_EXAMPLES: 10.0,
+                                        protocol.TRAIN_LOSS: 1.0})}), node=103)
+    sess = session(keyset)
+    he_step.global_state(plain_initial(), build_model(SPEC), sess, settings=SETTINGS,
+                         server_round=1, stage="train")
+    borrowed = train_reply(keyset, 2, 1, sess)
+    borrowed = as_reply(borrowed.content, node=103)  # says client 2, sent by node 103
+    strategy = strategy_for(keyset)
+    record, rejected = run_round(strategy, [*round1.replies[:2], copied, borrowed])
+    assert rejected == 2 and strategy.stats.clients_replied == 2
+    assert "same ciphertexts as another reply" in caplog.text
+    assert "claims client 2 but comes from node 103" in caplog.text
+
+
+def test_attack_bulk_refusal_stops_the_run_with_its_reason(keyset, round1, caplog):
+    # Attack 8 (a): one well-formed bad reply the server cannot read makes every site
+    # refuse the next global; the run then stopped saying only "0 usable updates".
+    from flwr.app import Error
+
+    caplog.set_level("WARNING", logger="fedsim")
+    strategy = strategy_for(keyset, server_round=2)
+    strategy.configure_train(2, round1.record, ConfigRecord({}), SimpleNamespace())
+    refusals = [Message(Error(code=protocol.GLOBAL_REFUSED,
+                              reason=f"client {c}: {he_tag.TagError.public_reason}"),
+                        reply_to=Message(RecordDict(), dst_node_id=100 + c,
+                                         message_type=MessageType.TRAIN))
+                for c in range(CLIENTS)]
+    record, _ = strategy.aggregate_train(2, refusals)
+    assert record is None
+    assert "4 client(s) refused the global of round 1" in strategy.stop_reason

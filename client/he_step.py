@@ -24,6 +24,9 @@ A site trusts only its own configuration; whatever a message says is input to ch
   rounds; after one global fails verification it refuses the rest of the run. The
   server only ever reads a fixed refusal text (details in the site's log): each
   refusal tells an adaptive server at most one bit, once per site and run.
+  A simulated client (no ``he-key``) keys these promises per Flower run as well,
+  so `fedsim run --resume` (a new Flower run of the same run id) goes on: in
+  simulation the driver holds every key anyway (README).
 - **The reply** (`encrypted_reply`): the update clipped to +-B, weighted, tagged for
   this round and this global, encrypted with the secret key.
 """
@@ -95,6 +98,12 @@ class Session:
     min_contributors: int
     basis: bytes | None = None  # set once the global is accepted
     journal: SiteJournal | None = None  # the site's durable record (None: a bare check)
+    scope: dict | None = None  # what journal entries are keyed by (`_scope`)
+
+    def where(self, **more) -> dict:
+        """The journal fields of this session's key set and run (and Flower run)."""
+        return {"fingerprint": self.keys.fingerprint, "run": self.run_id,
+                **(self.scope or {}), **more}
 
 
 # --- keys: the site's own configuration ------------------------------------------
@@ -126,7 +135,8 @@ def session_for(he: dict, context: Context, data_dir: str | None,
                            f"(node config {NODE_MIN_CONTRIBUTORS})")
     session = Session(keys=keys, run_id=str(he.get("run_id", "")), layout_clients=clients,
                       min_contributors=floor,
-                      journal=site_journal(node, data_dir))
+                      journal=site_journal(node, data_dir),
+                      scope=None if NODE_KEY in node else {"flower_run": flower_run})
     _check_run(session, flower_run)
     return session
 
@@ -134,14 +144,14 @@ def session_for(he: dict, context: Context, data_dir: str | None,
 def _check_run(session: Session, flower_run: int | None) -> None:
     """Bind the run id to its first Flower run; refuse a run this site gave up on."""
     journal, fp, run = session.journal, session.keys.fingerprint, session.run_id
-    if journal.find("refused", fingerprint=fp, run=run):
+    if journal.find("refused", **session.where()):
         raise SiteKeyError("this site refused a global of this run and refuses the rest "
                            "of it")
     owners = {e.get("flower_run") for e in journal.find("run", fingerprint=fp, run=run)}
-    if owners and owners != {flower_run}:
+    if owners and owners != {flower_run} and session.scope is None:
         raise SiteKeyError(f"run id {run[:40]!r} was already used by another Flower run at "
                            "this site; a run id is never reused (start a new run)")
-    if not owners:
+    if flower_run not in owners:
         journal.append("run", fingerprint=fp, run=run, flower_run=flower_run)
 
 
@@ -218,8 +228,7 @@ def global_state(record: ArrayRecord, model: torch.nn.Module, session: Session, 
         state, basis = _initial(record, settings, server_round, stage)
     else:
         digest = _digest(record)
-        journal, where = session.journal, {"fingerprint": session.keys.fingerprint,
-                                           "run": session.run_id, "round": sum_round}
+        journal, where = session.journal, session.where(round=sum_round)
         seen = [] if journal is None else journal.find("global", **where)
         if seen and seen[0].get("digest") != digest:
             raise TagError(f"another global of round {sum_round} was accepted already; "
@@ -267,8 +276,7 @@ def _verified(record: ArrayRecord, model: torch.nn.Module, session: Session,
     except Exception as err:
         log.error("global of round %d refused: %s", sum_round, err)
         if session.journal is not None:
-            session.journal.append("refused", fingerprint=session.keys.fingerprint,
-                                   run=session.run_id, round=sum_round)
+            session.journal.append("refused", **session.where(round=sum_round))
         if isinstance(err, TagError):
             raise
         raise TagError(f"the global cannot be opened: {err}") from err
@@ -317,7 +325,7 @@ def claim_round(context: Context, server_round: int, session: Session | None = N
     last = int(record["last-round"]) if record is not None else 0
     journal = None if session is None else session.journal
     if journal is not None:
-        where = {"fingerprint": session.keys.fingerprint, "run": session.run_id}
+        where = session.where()
         last = max([last, *(int(e.get("round", 0)) for e in journal.find("contributed",
                                                                           **where))])
     if server_round <= last:

@@ -45,7 +45,8 @@ def _he_context(msg: Message, settings: dict, context: Context):
     from fedsim.client.he_step import session_for
 
     data_dir = msg.content[protocol.CONFIG].get(protocol.DATA_DIR)
-    return session_for(settings["he"], context, None if data_dir is None else str(data_dir))
+    return session_for(settings["he"], context, None if data_dir is None else str(data_dir),
+                       flower_run=int(msg.metadata.run_id))
 
 
 def _receive_model(msg: Message, settings: dict, he_ctx, stage: str) -> torch.nn.Module:
@@ -116,7 +117,7 @@ def train(msg: Message, context: Context) -> Message:
     if he_ctx is not None:
         from fedsim.client.he_step import claim_round
 
-        claim_round(context, int(msg.content[protocol.CONFIG][protocol.ROUND]))
+        claim_round(context, int(msg.content[protocol.CONFIG][protocol.ROUND]), he_ctx)
     x, y = client_data(msg, context, cid, "train")
     result, extra = _local_training(model, x, y, settings, context, msg, cid)
     metrics = {protocol.NUM_EXAMPLES: len(y), protocol.CLIENT_ID: cid, **extra}

@@ -17,6 +17,16 @@ A site trusts only its own configuration; whatever a message says is input to ch
   ``he-min-contributors``, default 2). A plaintext global is accepted only in round 1
   and only if it is exactly the seeded initial model. A site trains at most once per
   round number and only in increasing rounds (kept in `Context.state`).
+- **The site journal** (`client.site_journal`, durable across restarts): a run id
+  belongs to the first Flower run that used it at this site; the site accepts one
+  global per (key set, run id, summed round) and refuses other bytes for that round
+  unopened; it contributes at most once per (key set, run id, round), in increasing
+  rounds; after one global fails verification it refuses the rest of the run. The
+  server only ever reads a fixed refusal text (details in the site's log): each
+  refusal tells an adaptive server at most one bit, once per site and run.
+  A simulated client (no ``he-key``) keys these promises per Flower run as well,
+  so `fedsim run --resume` (a new Flower run of the same run id) goes on: in
+  simulation the driver holds every key anyway (README).
 - **The reply** (`encrypted_reply`): the update clipped to +-B, weighted, tagged for
   this round and this global, encrypted with the secret key.
 """
@@ -35,6 +45,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 
 from fedsim import protocol
+from fedsim.client.site_journal import SiteJournal, site_journal
 from fedsim.fedmodels.models import ModelSpec, build_model
 from fedsim.privacy.he import HEError
 from fedsim.privacy.he_tag import (
@@ -71,6 +82,12 @@ class SiteKeyError(HEError):
     """This site's HE keys cannot be used for the run (the reason stays in its log)."""
 
 
+class RoundRefused(TagError):
+    """A round this site trained in already (its reason reveals nothing secret)."""
+
+    public_reason = None  # the server may read why
+
+
 @dataclass(kw_only=True)
 class Session:
     """One message's HE state: the site's keys, the run's layout, the global's basis."""
@@ -80,13 +97,25 @@ class Session:
     layout_clients: int
     min_contributors: int
     basis: bytes | None = None  # set once the global is accepted
+    journal: SiteJournal | None = None  # the site's durable record (None: a bare check)
+    scope: dict | None = None  # what journal entries are keyed by (`_scope`)
+
+    def where(self, **more) -> dict:
+        """The journal fields of this session's key set and run (and Flower run)."""
+        return {"fingerprint": self.keys.fingerprint, "run": self.run_id,
+                **(self.scope or {}), **more}
 
 
 # --- keys: the site's own configuration ------------------------------------------
 
 
-def session_for(he: dict, context: Context, data_dir: str | None) -> Session:
-    """The site's keys for this run, checked against the server's announced key set."""
+def session_for(he: dict, context: Context, data_dir: str | None,
+                flower_run: int | None = None) -> Session:
+    """The site's keys for this run, checked against the run's settings and journal.
+
+    The server's announced key set must be the site's; `flower_run` (the Flower run
+    id of the message) must own the run id in the site's journal.
+    """
     node = context.node_config
     keys = _site_keys(he, node, data_dir)
     if he.get("fingerprint") != keys.fingerprint:
@@ -100,8 +129,30 @@ def session_for(he: dict, context: Context, data_dir: str | None) -> Session:
         raise SiteKeyError(f"the run's HE settings are incomplete ({err!r})") from err
     if not 1 <= clients <= MAX_CLIENTS:
         raise SiteKeyError(f"the run announces {clients} clients; at most {MAX_CLIENTS}")
-    return Session(keys=keys, run_id=str(he.get("run_id", "")), layout_clients=clients,
-                   min_contributors=max(1, min(floor, clients)))
+    if floor < 1 or clients < floor:
+        raise SiteKeyError(f"the run announces {clients} client(s); this site requires "
+                           f"sums of at least {max(floor, 1)} distinct contributors "
+                           f"(node config {NODE_MIN_CONTRIBUTORS})")
+    session = Session(keys=keys, run_id=str(he.get("run_id", "")), layout_clients=clients,
+                      min_contributors=floor,
+                      journal=site_journal(node, data_dir),
+                      scope=None if NODE_KEY in node else {"flower_run": flower_run})
+    _check_run(session, flower_run)
+    return session
+
+
+def _check_run(session: Session, flower_run: int | None) -> None:
+    """Bind the run id to its first Flower run; refuse a run this site gave up on."""
+    journal, fp, run = session.journal, session.keys.fingerprint, session.run_id
+    if journal.find("refused", **session.where()):
+        raise SiteKeyError("this site refused a global of this run and refuses the rest "
+                           "of it")
+    owners = {e.get("flower_run") for e in journal.find("run", fingerprint=fp, run=run)}
+    if owners and owners != {flower_run} and session.scope is None:
+        raise SiteKeyError(f"run id {run[:40]!r} was already used by another Flower run at "
+                           "this site; a run id is never reused (start a new run)")
+    if flower_run not in owners:
+        journal.append("run", fingerprint=fp, run=run, flower_run=flower_run)
 
 
 def _site_keys(he: dict, node, data_dir: str | None) -> ClientKeySet:
@@ -176,12 +227,20 @@ def global_state(record: ArrayRecord, model: torch.nn.Module, session: Session, 
     if not is_encrypted(record):
         state, basis = _initial(record, settings, server_round, stage)
     else:
-        key = (record.object_id, sum_round, session.run_id, session.keys.fingerprint,
+        digest = _digest(record)
+        journal, where = session.journal, session.where(round=sum_round)
+        seen = [] if journal is None else journal.find("global", **where)
+        if seen and seen[0].get("digest") != digest:
+            raise TagError(f"another global of round {sum_round} was accepted already; "
+                           "this one is refused unopened")
+        key = (digest, sum_round, session.run_id, session.keys.fingerprint,
                session.layout_clients, session.min_contributors)
         if key not in _DECRYPTED:
             _DECRYPTED.clear()
-            _DECRYPTED[key] = _open(record, model, session, sum_round)[:2]
+            _DECRYPTED[key] = _verified(record, model, session, sum_round)
         state, basis = _DECRYPTED[key]
+        if journal is not None and not seen:
+            journal.append("global", digest=digest, **where)
     session.basis = basis
     return OrderedDict((k, v.clone()) for k, v in state.items())
 
@@ -201,6 +260,26 @@ def _initial(record: ArrayRecord, settings: dict, server_round: int, stage: str
     if not same:
         raise TagError("the plaintext global of round 1 is not the seeded initial model")
     return OrderedDict(own), initial_basis(settings["model"], int(settings["seed"]))
+
+
+def _digest(record: ArrayRecord) -> str:
+    """SHA-256 of a global as sent (ciphertexts and metadata), before any decryption."""
+    blobs = protocol.ciphertext_blobs(record)
+    return global_basis(blobs, list(_metadata(record))).hex()
+
+
+def _verified(record: ArrayRecord, model: torch.nn.Module, session: Session,
+              sum_round: int) -> tuple[OrderedDict, bytes]:
+    """`_open`, failing closed: a refused global ends this run at this site (journal)."""
+    try:
+        return _open(record, model, session, sum_round)[:2]
+    except Exception as err:
+        log.error("global of round %d refused: %s", sum_round, err)
+        if session.journal is not None:
+            session.journal.append("refused", **session.where(round=sum_round))
+        if isinstance(err, TagError):
+            raise
+        raise TagError(f"the global cannot be opened: {err}") from err
 
 
 def _metadata(record: ArrayRecord) -> tuple[float, int, bytes]:
@@ -235,13 +314,25 @@ def layout_for(model: torch.nn.Module, session: Session) -> Layout:
     return Layout(num_params=n, num_clients=session.layout_clients)
 
 
-def claim_round(context: Context, server_round: int) -> None:
-    """Train at most once per round, in increasing rounds (a replayed round is refused)."""
+def claim_round(context: Context, server_round: int, session: Session | None = None
+                ) -> None:
+    """Train at most once per round, in increasing rounds (a replayed round is refused).
+
+    With the session's journal this holds for the (key set, run id) across Flower
+    runs and client restarts: the claim is on disk before anything is trained.
+    """
     record = context.state.config_records.get(_STATE)
     last = int(record["last-round"]) if record is not None else 0
+    journal = None if session is None else session.journal
+    if journal is not None:
+        where = session.where()
+        last = max([last, *(int(e.get("round", 0)) for e in journal.find("contributed",
+                                                                          **where))])
     if server_round <= last:
-        raise TagError(f"round {server_round} asked after round {last}: this site trains "
+        raise RoundRefused(f"round {server_round} asked after round {last}: this site trains "
                        "once per round, in increasing rounds")
+    if journal is not None:
+        journal.append("contributed", round=server_round, **where)
     context.state.config_records[_STATE] = ConfigRecord({"last-round": server_round})
 
 
@@ -276,12 +367,17 @@ ENCRYPTED_MODEL = "model_encrypted.npz"
 ENCRYPTED_MODEL_INFO = "model_encrypted.json"
 
 
-def open_final_model(run_dir: Path, keys: ClientKeySet, *, min_contributors: int = 1
-                     ) -> tuple[OrderedDict, tuple[int, ...]]:
-    """Verify and decrypt a run's model_encrypted.npz: the state dict and contributors.
+def open_final_model(run_dir: Path, keys: ClientKeySet, *,
+                     min_contributors: int = MIN_CONTRIBUTORS,
+                     expected_round: int | None = None
+                     ) -> tuple[OrderedDict, tuple[int, ...], int]:
+    """Verify and decrypt a run's model_encrypted.npz: state dict, contributors, round.
 
     The same checks a client makes on a global (tags for the round it sums, bound to
-    the run, presence marks, weight, capacity); raises TagError or HEError.
+    the run, presence marks, weight, capacity), a floor of `min_contributors`, and
+    the round it sums must be `expected_round` (the run's last completed round: an
+    earlier round's sum, or one client's lone contribution, is refused); raises
+    TagError or HEError.
     """
     import json
 
@@ -296,5 +392,8 @@ def open_final_model(run_dir: Path, keys: ClientKeySet, *, min_contributors: int
     session = Session(keys=keys, run_id=str(info["run_id"]),
                       layout_clients=int(info["clients"]), min_contributors=min_contributors)
     _, sum_round, _ = _metadata(record)
+    if expected_round is not None and sum_round != expected_round:
+        raise TagError(f"the model sums round {sum_round}, the run completed round "
+                       f"{expected_round}")
     state, _, contributors = _open(record, model, session, sum_round)
-    return state, contributors
+    return state, contributors, sum_round

@@ -100,3 +100,4 @@ DP_HISTORY = "dp-history"  # ConfigRecord: JSON list of this client's recorded s
 # Error codes a client puts on an error reply (Flower's Error.code)
 POLICY_REFUSED = 100  # a site's policy refused the run before any training
 SITE_ERROR = 101  # a site could not produce a reply (its data, its keys)
+GLOBAL_REFUSED = 102  # a site refused the global it was sent (failed HE verification)

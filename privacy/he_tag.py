@@ -66,7 +66,7 @@ from fedsim.privacy.he import (
     split_arrays,
 )
 
-TAG_SLOTS = 32  # independent tag rows (each one slot)
+TAG_SLOTS = 128  # independent tag rows (each one slot); see README on adaptive servers
 CLIP_BOUND = 16.0  # B: clients clip every value of their update to [-B, B]
 PRESENCE = 256.0  # a contributor's mark in its own presence slot
 MIN_CONTRIBUTORS = 2  # a client's default floor of distinct contributors in a sum
@@ -80,6 +80,10 @@ _KEY_BITS = 32  # each key entry: one of 2^32 evenly spaced values
 
 class TagError(HEError):
     """A global is not this round's sum of genuine contributions: refuse it."""
+
+    # What the server is told (the detail stays in the site's log): a number such as
+    # the tag deviation would let it learn the secret tag key query by query.
+    public_reason = "the global was refused (details in the site's log)"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -227,7 +231,8 @@ def _contributors(presence: np.ndarray, floor: int) -> tuple[int, ...]:
 
 
 def _check_weight(weight: float, announced: float, limit: float, slack: float) -> None:
-    if not weight > 0 or abs(weight - announced) > slack + 1e-9 * abs(weight):
+    if (not weight > 0 or not math.isfinite(announced)
+            or abs(weight - announced) > slack + 1e-9 * abs(weight)):
         raise TagError(f"the announced total weight {announced:.6g} is not the summed "
                        f"weight {weight:.6g}")
     if weight * CLIP_BOUND >= limit:

@@ -14,6 +14,8 @@ its contributions were trained on: what clients need to verify it.
 
 from __future__ import annotations
 
+import hashlib
+
 from flwr.app import ArrayRecord, Message
 
 from fedsim import protocol
@@ -59,10 +61,11 @@ class HECodec:
         self.max_frame = max_frame_bytes(public_context)
         self.capacity = capacity(public_context)
         self.round, self.basis, self.admitted_weight = 0, initial_basis, 0.0
+        self.seen: set[bytes] = set()  # this round's admitted ciphertexts, by hash
 
     def start_round(self, server_round: int, global_arrays: ArrayRecord) -> None:
         """Remember the round and the hash of the global this round sends out."""
-        self.round, self.admitted_weight = server_round, 0.0
+        self.round, self.admitted_weight, self.seen = server_round, 0.0, set()
         if not is_encrypted(global_arrays):
             self.basis = self.initial_basis
             return
@@ -88,6 +91,11 @@ class HECodec:
                                        fingerprint=self.fingerprint)
         except CiphertextError as err:
             raise Rejected(str(err)) from err
+        digest = hashlib.sha256(b"".join(hashlib.sha256(b).digest()
+                                         for b in self._blobs(record))).digest()
+        if digest in self.seen:  # a replayed or copied reply: its client counted twice
+            raise Rejected("the same ciphertexts as another reply of this round")
+        self.seen.add(digest)
         self.admitted_weight += weight
         return vectors
 

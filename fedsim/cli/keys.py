@@ -142,6 +142,13 @@ def decrypt_model(
     out: Annotated[
         Path | None, typer.Option(help="Where to write the model (default RUN_DIR/model.pt).")
     ] = None,
+    rounds: Annotated[
+        int | None, typer.Option(help="The round the model must sum (default: the run's "
+                                      "rounds_completed in summary.json).", min=1)
+    ] = None,
+    min_contributors: Annotated[
+        int, typer.Option(help="Refuse a model summing fewer distinct clients.", min=1)
+    ] = 2,
 ) -> None:
     """Verify and decrypt an HE run's final model into model.pt (needs client.key).
 
@@ -160,14 +167,29 @@ def decrypt_model(
     if missing:
         raise ConfigError(f"{run_dir} has no {' or '.join(missing)}; give the folder of a "
                           "finished --secure-agg he run")
+    if rounds is None:
+        rounds = _completed_rounds(run_dir)
     try:
         keys = load_client_keys(key, read_passphrase())
-        state, contributors = open_final_model(run_dir, keys)
+        state, contributors, sum_round = open_final_model(
+            run_dir, keys, min_contributors=min_contributors, expected_round=rounds)
     except HEError as err:
         raise ConfigError(f"cannot decrypt {run_dir / ENCRYPTED_MODEL}: {err}") from err
     target = out or run_dir / "model.pt"
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(target, buffer.getvalue(), mode=0o600)
-    Console().print(f"wrote {target}: verified sum of {len(contributors)} clients' "
-                    f"contributions ({', '.join(map(str, contributors))})")
+    Console().print(f"wrote {target}: verified sum of round {sum_round}, "
+                    f"{len(contributors)} clients' contributions "
+                    f"({', '.join(map(str, contributors))})")
+
+
+def _completed_rounds(run_dir: Path) -> int:
+    """The run's rounds_completed from its summary.json, or a one-line error."""
+    import json
+
+    try:
+        return int(json.loads((run_dir / "summary.json").read_text())["rounds_completed"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{run_dir}/summary.json gives no rounds_completed ({err!r}); "
+                          "pass --rounds N (the round the model must sum)") from err

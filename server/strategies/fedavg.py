@@ -94,6 +94,8 @@ class FedsimFedAvg(FedAvg):
         self.stats = RoundStats(round=0, started=time.monotonic())
         self._global: ArrayRecord | None = None
         self._grid: Grid | None = None
+        self.global_refused: dict[str, int] = {}  # this round's refusals, by stage
+        self._replied: set[int] = set()
 
     # -- hooks subclasses extend ------------------------------------------------
     def eligible_clients(self, server_round: int) -> list[int] | None:
@@ -124,6 +126,8 @@ class FedsimFedAvg(FedAvg):
             self.stats.failed += 1
             if msg.has_error() and msg.error.code == protocol.POLICY_REFUSED:
                 self.stats.policy_refused += 1
+            if msg.has_error() and msg.error.code == protocol.GLOBAL_REFUSED:
+                self.global_refused[stage] = self.global_refused.get(stage, 0) + 1
             log.warning("round %d %s: client %s failed: %s",
                         self.stats.round, stage, who, reason)
         else:
@@ -157,6 +161,7 @@ class FedsimFedAvg(FedAvg):
         """Sample clients (seeded, by client id) and send them the global model."""
         server_round += self.round_offset
         self.stats = RoundStats(round=server_round, started=time.monotonic())
+        self.global_refused = {}
         self._global, self._grid = arrays, grid
         if self.stop_reason is not None:
             return []
@@ -192,9 +197,24 @@ class FedsimFedAvg(FedAvg):
                    msg, "train")
         return False
 
+    def _check_sender(self, verdict: Verdict, msg: Message) -> Verdict:
+        """The claimed client id must be the sending node's, admitted once per round."""
+        node = self.federation.nodes.get(verdict.client_id)
+        sender = msg.metadata.src_node_id
+        if node != sender:
+            return Verdict(ok=False, kind="rejected", client_id=verdict.client_id,
+                           reason=f"claims client {verdict.client_id} but comes from node "
+                                  f"{sender}")
+        if verdict.client_id in self._replied:
+            return Verdict(ok=False, kind="rejected", client_id=verdict.client_id,
+                           reason="this client's update of this round was admitted already")
+        return verdict
+
     def _take(self, server_round: int, msg: Message, acc, losses: list[float]) -> None:
         """Check one reply and add it to the sum, or count why it was left out."""
         verdict = check_metrics(msg)
+        if verdict.ok:
+            verdict = self._check_sender(verdict, msg)
         if not verdict.ok:
             self._note(verdict, msg, "train")
             return
@@ -203,6 +223,7 @@ class FedsimFedAvg(FedAvg):
         metrics = msg.content[protocol.METRICS]
         weight = float(metrics[protocol.NUM_EXAMPLES])
         if self._contribution(msg, acc, weight, verdict.client_id):
+            self._replied.add(verdict.client_id)
             loss = metrics.get(protocol.TRAIN_LOSS, 0.0)
             finite = isinstance(loss, int | float) and math.isfinite(loss)
             losses.append((float(loss) if finite else 0.0) * weight)
@@ -212,6 +233,7 @@ class FedsimFedAvg(FedAvg):
         """Add each checked reply to the running sum as it arrives; then finish."""
         server_round += self.round_offset
         acc, losses = self.codec.accumulator(), []
+        self._replied: set[int] = set()
         for msg in replies:
             try:
                 self.stats.bytes_received += reply_bytes(msg)
@@ -227,6 +249,15 @@ class FedsimFedAvg(FedAvg):
     def _finish_round(self, server_round: int, acc, losses: list[float]
                       ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         if self.stop_reason is not None or self.stats.clients_sampled == 0:
+            return None, None
+        refused = self.global_refused.get("train", 0)
+        if acc.count < self.min_clients and refused:
+            self._stop(f"round {server_round}: {refused} client(s) refused the global of "
+                       f"round {server_round - 1} (it failed their verification: a forged "
+                       "or corrupted sum, e.g. one bad reply the server could not read); "
+                       f"only {acc.count} usable update(s), fewer than --min-clients "
+                       f"{self.min_clients}; the run stops (sites fail closed after a "
+                       "refused global; their logs say why)")
             return None, None
         if acc.count < self.min_clients:
             self._stop(f"round {server_round}: only {acc.count} usable update(s), fewer "

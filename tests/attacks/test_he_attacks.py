@@ -335,7 +335,8 @@ def replace_blob(reply: Message, blob: bytes, *, cid: int = 3) -> Message:
     arrays = ArrayRecord({protocol.ciphertext_key(0): Array(np.frombuffer(blob, np.uint8))})
     metrics = MetricRecord({protocol.CLIENT_ID: cid, protocol.NUM_EXAMPLES: 5.0})
     return as_reply(RecordDict({protocol.ARRAYS: arrays, protocol.METRICS: metrics,
-                                protocol.HE_CONFIG: content[protocol.HE_CONFIG]}))
+                                protocol.HE_CONFIG: content[protocol.HE_CONFIG]}),
+                    node=100 + cid)
 
 
 def honest_blob(reply: Message) -> bytes:
@@ -515,13 +516,13 @@ def _context(**node_config) -> Context:
 
 
 def test_attack_server_sent_key_paths_are_never_opened_by_a_site(
-        keyset, hostile_paths, monkeypatch):
+        keyset, hostile_paths, monkeypatch, tmp_path):
     monkeypatch.setenv(keys.PASSPHRASE_ENV, PASS)
     site_key = str(keyset.folder / "client.key")
     sent = {"key_path": hostile_paths.zero, "passphrase_file": hostile_paths.fifo,
             "fingerprint": keyset.fp, "run_id": RUN, "clients": CLIENTS}
-    box = _in_thread(lambda: he_step.session_for(sent, _context(**{"he-key": site_key}),
-                                                 "/srv/data"))
+    node = {"he-key": site_key, "site-journal": str(tmp_path / "journal.jsonl")}
+    box = _in_thread(lambda: he_step.session_for(sent, _context(**node), "/srv/data"))
     assert "error" not in box, box.get("error")
     assert box["value"].keys.fingerprint == keyset.fp
     assert hostile_paths.zero not in hostile_paths.opened
@@ -647,3 +648,229 @@ def test_attack_huge_announced_federation_is_refused(keyset, monkeypatch):
     with pytest.raises(he.EncodingError, match="at most 100000"):
         he_tag.Layout(num_params=10, num_clients=10**9)
     he_step._load.cache_clear()
+
+
+# --- the site as the server reaches it: refusals, the journal, fail closed ----------
+
+
+@pytest.fixture
+def site(keyset, tmp_path):
+    """Deployment-style sites (own key, passphrase file, journal) behind the real guard."""
+    from fedsim.client import app as client_app
+    from fedsim.client.local_data import train_size
+    from fedsim.client.policy import make_site_guard
+
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_text(PASS)
+    he_step._load.cache_clear()
+    guard = make_site_guard(train_size)
+
+    def node(cid: int) -> dict:
+        return {"partition-id": cid, "he-key": str(keyset.folder / "client.key"),
+                "he-passphrase-file": str(passphrase),
+                "site-journal": str(tmp_path / f"journal-{cid}.jsonl")}
+
+    def send(record, server_round, *, stage="evaluate", cid=0, context=None, run=RUN,
+             clients=CLIENTS, flower_run=1, **extra):
+        he_step._DECRYPTED.clear()
+        settings = {**SETTINGS, "dataset": "x", "local_epochs": 1, "batch_size": 8,
+                    "lr": 0.1, "device": "cpu", "rounds": 3, "fraction": 1.0, "dp": None,
+                    "he": {"fingerprint": keyset.fp, "run_id": run, "clients": clients}}
+        cfg = ConfigRecord({protocol.SETTINGS: protocol.encode_settings(settings),
+                            protocol.ROUND: server_round,
+                            protocol.DATA_DIR: str(tmp_path / "no-data")})
+        kind = MessageType.EVALUATE if stage == "evaluate" else MessageType.TRAIN
+        before = TaskIdentity.run_id
+        TaskIdentity.run_id = flower_run
+        try:
+            msg = Message(RecordDict({protocol.ARRAYS: record, protocol.CONFIG: cfg}),
+                          dst_node_id=100 + cid, message_type=kind)
+        finally:
+            TaskIdentity.run_id = before
+        context = context or Context(run_id=flower_run, node_id=100 + cid,
+                                     node_config=node(cid) | extra, state=RecordDict(),
+                                     run_config={})
+        fn = client_app.evaluate_local if stage == "evaluate" else client_app.train
+        return guard(msg, context, fn)
+
+    yield SimpleNamespace(send=send, node=node)
+    he_step._load.cache_clear()
+
+
+PASSED = "no prepared federation data"  # the HE checks passed, the test has no data
+
+
+def _reason(reply: Message) -> str:
+    assert reply.has_error()
+    return reply.error.reason
+
+
+def shifted(ks, record: ArrayRecord, offsets: np.ndarray) -> ArrayRecord:
+    """The server's move: global + plaintext offsets (update, weight, presence, tags)."""
+    out = [v + offsets[: v.size()].tolist() for v in vectors_of(ks, record)]
+    return with_blobs(record, he.serialize_vectors(out, fingerprint=ks.fp))
+
+
+def test_attack_error_oracle_refusal_text_is_fixed(keyset, round1, site):
+    # Attack 1: the refusal said "off by 0.0123" (the largest tag deviation); 68 such
+    # readings gave the server every tag value of a forgery. Now it reads a fixed text.
+    offsets = np.zeros(keyset.layout.total)
+    offsets[keyset.layout.tagged :] = np.linspace(-1, 1, keyset.layout.tags)
+    texts = set()
+    for cid in range(2):
+        reason = _reason(site.send(shifted(keyset, round1.record, offsets * (cid + 1)), 1,
+                                   cid=cid))
+        texts.add(reason.split(": ", 1)[1])
+        assert "off by" not in reason and "tolerance" not in reason
+    assert texts == {he_tag.TagError.public_reason}
+
+
+def test_attack_binary_oracle_gets_one_bit_per_site_and_run(keyset, round1, site):
+    # Attack 2: accept/refuse alone, asked 768 times, learnt every tag. Now a site's
+    # first refusal is its last answer for the run: honest bytes, other rounds, a
+    # restarted client (new Context), evaluate or train, all refused unopened.
+    offsets = np.zeros(keyset.layout.total)
+    offsets[keyset.layout.tagged] = 1.0
+    assert PASSED not in _reason(site.send(shifted(keyset, round1.record, offsets), 1))
+    opened = []
+    real_open = he_step._open
+    he_step._open = lambda *a, **k: opened.append(1) or real_open(*a, **k)
+    try:
+        for stage, server_round in (("evaluate", 1), ("train", 2), ("evaluate", 2)):
+            reason = _reason(site.send(round1.record, server_round, stage=stage))
+            assert "refuses the rest" in reason
+    finally:
+        he_step._open = real_open
+    assert opened == []  # nothing more was decrypted: no more bits
+    assert PASSED in _reason(site.send(round1.record, 1, cid=1))  # other sites unaffected
+
+
+def test_attack_other_bytes_for_an_accepted_round_are_refused_unopened(keyset, round1,
+                                                                       site):
+    # One global per (key set, run id, summed round) per site, evaluate and train
+    # alike: a second candidate for round 1 is never decrypted, even after a restart.
+    assert PASSED in _reason(site.send(round1.record, 1))
+    again = with_blobs(round1.record, protocol.ciphertext_blobs(round1.record),
+                       total=sum(WEIGHTS.values()) + 1e-12)
+    for stage, server_round in (("evaluate", 1), ("train", 2)):
+        assert "refused" in _reason(site.send(again, server_round, stage=stage))
+    assert PASSED in _reason(site.send(round1.record, 2, stage="train"))
+    # The refusals did not end the run: nothing of the secret was tested.
+    assert PASSED in _reason(site.send(round1.record, 1))
+
+
+def test_attack_adaptive_queries_leave_the_forgery_bound_overwhelming(keyset):
+    # At most one bit per site and round key reaches the server (fixed refusal text,
+    # one global per round, fail closed), so after N sites' answers a forgery of
+    # max |d| >= delta passes with probability at most 2^(N + forgery_bound).
+    # The digits CNN (188,810 parameters), d in the weighted sum (the average moves
+    # by d / total weight): 100 sites at d = 10, 1000 sites at d = 100.
+    for sites, delta, most in ((100, 10.0, -600), (1000, 100.0, -150)):
+        layout = he_tag.Layout(num_params=188_810, num_clients=sites)
+        assert sites + he_tag.forgery_bound(layout, 33, delta) <= most
+
+
+def test_attack_run_id_reused_by_another_flower_run_is_refused(keyset, round1, site):
+    # Attack 4 (a): the server announces run 1's run id again in a second Flower run
+    # and replays run 1's round-1 sum as run 2's round-2 global.
+    assert PASSED in _reason(site.send(round1.record, 1, cid=3, flower_run=1))
+    reason = _reason(site.send(round1.record, 2, stage="train", cid=3, flower_run=2))
+    assert "already used by another Flower run" in reason
+
+
+def test_attack_second_contribution_under_one_binding_is_refused(keyset, site):
+    # Attack 4 (b): two genuine contributions of client 0 under one tag key (round 1
+    # of run id RUN, twice) let the server add K x their difference. The site
+    # contributes once per (key set, run id, round): not in a second Flower run, not
+    # after a restart (a fresh Context) of the same one.
+    assert PASSED in _reason(site.send(plain_initial(), 1, stage="train"))
+    again = _reason(site.send(plain_initial(), 1, stage="train"))  # restarted client
+    assert "once per round" in again
+    other_run = _reason(site.send(plain_initial(), 1, stage="train", flower_run=7))
+    assert "already used by another Flower run" in other_run
+    assert PASSED in _reason(site.send(plain_initial(), 1, stage="train", cid=1))
+
+
+def test_attack_announced_clients_cannot_lower_a_sites_floor(keyset, site):
+    # Attack 3: he.clients = 1 turned a site's he-min-contributors = 3 into 1, so one
+    # client's contribution passed as the global. The site's floor stands.
+    reason = _reason(site.send(plain_initial(), 1, stage="train", clients=1,
+                               **{"he-min-contributors": 3}))
+    assert "at least 3 distinct contributors" in reason
+    assert PASSED in _reason(site.send(plain_initial(), 1, stage="train", cid=1,
+                                       clients=3, **{"he-min-contributors": 3}))
+
+
+def _final_run(folder, record: ArrayRecord, fingerprint: str):
+    import json
+
+    folder.mkdir(parents=True)
+    np.savez(folder / he_step.ENCRYPTED_MODEL, **{k: record[k].numpy() for k in record})
+    (folder / he_step.ENCRYPTED_MODEL_INFO).write_text(json.dumps(
+        {"run_id": RUN, "clients": CLIENTS, "fingerprint": fingerprint,
+         "model": SPEC.to_dict()}))
+    return folder
+
+
+def test_attack_decrypt_model_refuses_a_lone_or_earlier_round(keyset, round1, tmp_path):
+    # Attack 9: keys decrypt-model took client 2's lone round-1 contribution as a
+    # 3-round run's final model (floor 1, round never compared).
+    lone = protocol.encrypted_record(
+        protocol.ciphertext_blobs(round1.replies[2].content[protocol.ARRAYS]), 30.0,
+        sum_round=1, basis=he_tag.initial_basis(SPEC.to_dict(), SEED))
+    with pytest.raises(he_tag.TagError, match="1 distinct contribution"):
+        he_step.open_final_model(_final_run(tmp_path / "a", lone, keyset.fp), keyset.client,
+                                 expected_round=1)
+    full = _final_run(tmp_path / "b", round1.record, keyset.fp)
+    with pytest.raises(he_tag.TagError, match="sums round 1, the run completed round 3"):
+        he_step.open_final_model(full, keyset.client, expected_round=3)
+    _, contributors, sum_round = he_step.open_final_model(full, keyset.client,
+                                                          expected_round=1)
+    assert (contributors, sum_round) == ((0, 1, 2), 1)
+
+
+def test_attack_nan_total_weight_is_refused(keyset, round1):
+    record = with_blobs(round1.record, protocol.ciphertext_blobs(round1.record),
+                        total=float("nan"))
+    with pytest.raises(he_tag.TagError, match="announced total weight"):
+        open_global(keyset, record, server_round=2)
+
+
+def test_attack_copied_reply_and_borrowed_client_id_are_rejected(keyset, round1, caplog):
+    # Attack 8 (c): client 0's ciphertexts sent again under client 3's id (and from
+    # client 3's node) were summed twice; a reply claiming another node's client id
+    # was admitted too.
+    caplog.set_level("WARNING", logger="fedsim")
+    honest = round1.replies[0].content
+    copied = as_reply(RecordDict({
+        protocol.ARRAYS: honest[protocol.ARRAYS], protocol.HE_CONFIG: honest[protocol.HE_CONFIG],
+        protocol.METRICS: MetricRecord({protocol.CLIENT_ID: 3, protocol.NUM_EXAMPLES: 10.0,
+                                        protocol.TRAIN_LOSS: 1.0})}), node=103)
+    sess = session(keyset)
+    he_step.global_state(plain_initial(), build_model(SPEC), sess, settings=SETTINGS,
+                         server_round=1, stage="train")
+    borrowed = train_reply(keyset, 2, 1, sess)
+    borrowed = as_reply(borrowed.content, node=103)  # says client 2, sent by node 103
+    strategy = strategy_for(keyset)
+    record, rejected = run_round(strategy, [*round1.replies[:2], copied, borrowed])
+    assert rejected == 2 and strategy.stats.clients_replied == 2
+    assert "same ciphertexts as another reply" in caplog.text
+    assert "claims client 2 but comes from node 103" in caplog.text
+
+
+def test_attack_bulk_refusal_stops_the_run_with_its_reason(keyset, round1, caplog):
+    # Attack 8 (a): one well-formed bad reply the server cannot read makes every site
+    # refuse the next global; the run then stopped saying only "0 usable updates".
+    from flwr.app import Error
+
+    caplog.set_level("WARNING", logger="fedsim")
+    strategy = strategy_for(keyset, server_round=2)
+    strategy.configure_train(2, round1.record, ConfigRecord({}), SimpleNamespace())
+    refusals = [Message(Error(code=protocol.GLOBAL_REFUSED,
+                              reason=f"client {c}: {he_tag.TagError.public_reason}"),
+                        reply_to=Message(RecordDict(), dst_node_id=100 + c,
+                                         message_type=MessageType.TRAIN))
+                for c in range(CLIENTS)]
+    record, _ = strategy.aggregate_train(2, refusals)
+    assert record is None
+    assert "4 client(s) refused the global of round 1" in strategy.stop_reason

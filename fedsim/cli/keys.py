@@ -179,9 +179,9 @@ def decrypt_model(
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(target, buffer.getvalue(), mode=0o600)
-    Console().print(f"wrote {target}: verified sum of round {sum_round}, "
-                    f"{len(contributors)} clients' contributions "
-                    f"({', '.join(map(str, contributors))})")
+    Console().print(f"wrote {target}: verified sum of {len(contributors)} clients' "
+                    f"contributions ({', '.join(map(str, contributors))}), round "
+                    f"{sum_round}")
 
 
 def _completed_rounds(run_dir: Path) -> int:

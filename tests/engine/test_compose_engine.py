@@ -299,17 +299,6 @@ def test_server_folders_hold_no_secret_key(engine, finished):
     assert inside.strip() == "", inside
 
 
-def test_each_log_line_of_the_server_app_once(engine, finished):
-    """`fedsim deploy log` (Flower's `flwr log`) shows each ServerApp line once."""
-    _, stdout = finished
-    run_id = re.search(r"run (\d+) started", stdout).group(1)
-    log = fedsim("deploy", "log", run_id, "--superlink",
-                 f"127.0.0.1:{engine.env['FEDSIM_CONTROL_PORT']}", "--ca",
-                 str(engine.deploy / "certs" / "ca.crt"), env=engine.env).stdout
-    lines = [ln for ln in log.splitlines() if "fedsim: run folder" in ln]
-    assert len(lines) == 1, log[-3000:]
-
-
 # ---------------------------------------------------------------- 5. strangers
 
 

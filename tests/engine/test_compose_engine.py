@@ -299,12 +299,6 @@ def test_server_folders_hold_no_secret_key(engine, finished):
     assert inside.strip() == "", inside
 
 
-def test_each_log_line_of_the_server_app_once(engine, finished):
-    log = engine.compose("logs", "--no-log-prefix", "superlink").stdout
-    lines = [ln for ln in log.splitlines() if "fedsim: run folder" in ln]
-    assert len(lines) == 1, lines
-
-
 # ---------------------------------------------------------------- 5. strangers
 
 

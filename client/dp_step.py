@@ -20,7 +20,7 @@ from fedsim.privacy.accounting import (
     calibrate_noise,
     default_delta,
     epsilon,
-    expected_participations,
+    participation_cap,
     sample_rate,
     steps_per_participation,
     would_exceed,
@@ -59,13 +59,18 @@ def client_delta(dp: dict, n: int) -> float:
     return float(dp["delta"]) if dp.get("delta") is not None else default_delta(n)
 
 
-def noise_for(dp: dict, *, n: int, batch_size: int, local_epochs: int, rounds: int,
-              fraction: float) -> float:
-    """The noise multiplier: given, or calibrated to the target over planned rounds."""
+def noise_for(dp: dict, *, n: int, batch_size: int, local_epochs: int,
+              rounds: int) -> float:
+    """The noise multiplier: given, or calibrated for the worst case.
+
+    The worst case is a client that trains in as many rounds as the server lets it
+    (`participation_cap`: every round, or --max-participations): calibrated for
+    that, no client's epsilon passes the target however sampling falls.
+    """
     if dp.get("noise_multiplier") is not None:
         return float(dp["noise_multiplier"])
     steps = steps_per_participation(n, batch_size, local_epochs)
-    total = steps * expected_participations(rounds, fraction)
+    total = steps * participation_cap(rounds, dp.get("max_participations"))
     return _calibrated(float(dp["target_epsilon"]), client_delta(dp, n),
                        sample_rate(n, batch_size), total, dp["accountant"])
 
@@ -116,8 +121,7 @@ def dp_train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, *, settings: 
     dp, n = settings["dp"], len(y)
     history = known_history(context, server_history)
     noise = noise_for(dp, n=n, batch_size=settings["batch_size"],
-                      local_epochs=settings["local_epochs"], rounds=settings["rounds"],
-                      fraction=settings["fraction"])
+                      local_epochs=settings["local_epochs"], rounds=settings["rounds"])
     delta = client_delta(dp, n)
     planned = (noise, sample_rate(n, settings["batch_size"]),
                steps_per_participation(n, settings["batch_size"], settings["local_epochs"]))

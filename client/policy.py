@@ -200,14 +200,20 @@ def static_violations(policy: SitePolicy, run: RunFacts) -> list[str]:
 
 
 def worst_case_epsilon(run: RunFacts, *, n: int) -> float:
-    """The epsilon this site would spend training in every round of the run."""
+    """The epsilon this site would spend training in every round the run allows it."""
     from fedsim.client.dp_step import client_delta, noise_for
-    from fedsim.privacy.accounting import epsilon, sample_rate, steps_per_participation
+    from fedsim.privacy.accounting import (
+        epsilon,
+        participation_cap,
+        sample_rate,
+        steps_per_participation,
+    )
 
     dp = dict(run.dp or {})
     noise = noise_for(dp, n=n, batch_size=run.batch_size, local_epochs=run.local_epochs,
-                      rounds=run.rounds, fraction=run.fraction)
-    steps = steps_per_participation(n, run.batch_size, run.local_epochs) * run.rounds
+                      rounds=run.rounds)
+    steps = steps_per_participation(n, run.batch_size, run.local_epochs) * \
+        participation_cap(run.rounds, dp.get("max_participations"))
     step = (noise, sample_rate(n, run.batch_size), steps)
     return epsilon([step], delta=client_delta(dp, n), accountant=dp["accountant"])
 

@@ -61,7 +61,8 @@ class RunConfig:
     max_grad_norm: float = 1.0
     delta: float | None = None
     accountant: AccountantKind = "rdp"
-    epsilon_budget: float | None = None
+    epsilon_budget: float | None = None  # with --target-epsilon: defaults to it
+    max_participations: int | None = None  # cap K per client (None: every round)
     # INSECURE: noise and Poisson batches from (seed, round, client), which the
     # server knows: runs repeat exactly and offer no DP against the server.
     insecure_reproducible_noise: bool = False
@@ -98,7 +99,7 @@ def _coerce(key: str, value: Any, problems: list[str]) -> Any:
         if not isinstance(value, bool):
             problems.append(f"{name} must be true or false, got {value!r}")
         return value
-    if kind in ("int",):
+    if kind in ("int", "int | None"):
         if isinstance(value, bool) or not isinstance(value, int):
             problems.append(f"{name} must be an integer, got {value!r}")
         return value
@@ -157,7 +158,11 @@ def _check_min_clients(cfg: dict[str, Any], problems: list[str]) -> None:
 def _check_privacy(cfg: dict[str, Any], problems: list[str]) -> None:
     from fedsim.privacy.accounting import check_dp_params
 
-    dp_only = ("noise_multiplier", "target_epsilon", "delta", "epsilon_budget")
+    dp_only = ("noise_multiplier", "target_epsilon", "delta", "epsilon_budget",
+               "max_participations")
+    cap = cfg["max_participations"]
+    if isinstance(cap, int) and not isinstance(cap, bool) and cap <= 0:
+        problems.append(f"--max-participations must be > 0, got {cap}")
     if not cfg["dp"]:
         problems.extend(f"--{flag_name(k)} needs --dp" for k in dp_only
                         if cfg[k] is not None)
@@ -165,7 +170,8 @@ def _check_privacy(cfg: dict[str, Any], problems: list[str]) -> None:
             problems.append("--insecure-reproducible-noise needs --dp")
         return
     numeric = {k: cfg[k] for k in (*dp_only, "max_grad_norm")
-               if isinstance(cfg[k], int | float) or cfg[k] is None}
+               if k != "max_participations"
+               and (isinstance(cfg[k], int | float) or cfg[k] is None)}
     problems.extend(check_dp_params(**numeric))
 
 
@@ -207,6 +213,11 @@ def build_config(values: dict[str, Any]) -> RunConfig:
     if merged["dp"] is True and merged["noise_multiplier"] is None \
             and merged["target_epsilon"] is None:
         merged["noise_multiplier"] = DEFAULT_NOISE_MULTIPLIER
+    if merged["dp"] is True and merged["epsilon_budget"] is None \
+            and isinstance(merged["target_epsilon"], int | float):
+        # The target is a promise: no client may end above it (clients and the
+        # server both refuse a round that would pass it).
+        merged["epsilon_budget"] = float(merged["target_epsilon"])
     _check_ranges(merged, problems)
     _check_names(merged, problems)
     _check_privacy(merged, problems)

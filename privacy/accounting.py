@@ -17,14 +17,17 @@ steps training really takes.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+import numpy as np
 from opacus.accountants import GaussianAccountant, PRVAccountant, RDPAccountant
 from opacus.accountants.accountant import IAccountant
+from opacus.accountants.analysis import rdp as rdp_analysis
 from opacus.accountants.utils import get_noise_multiplier
 
 from fedsim.errors import ConfigError
@@ -86,12 +89,36 @@ def epsilon(
             "the gdp accountant needs one noise multiplier and sample rate for all "
             f"steps, got {len(entries)} different ones; use --accountant rdp or prv"
         )
-    acc.history = entries
     with warnings.catch_warnings():
         # RDP notes when the best order is at the edge of Opacus' default orders;
         # the bound is still valid (only possibly loose), so keep the CLI quiet.
         warnings.filterwarnings("ignore", message="Optimal order is the")
+        if accountant == "rdp":
+            return _rdp_epsilon(entries, delta)
+        acc.history = entries
         return float(acc.get_epsilon(delta=delta))
+
+
+@functools.lru_cache(maxsize=4096)
+def _unit_rdp(sample_rate: float, noise_multiplier: float) -> np.ndarray:
+    """RDP of one step at Opacus' default orders (RDP is linear in the steps)."""
+    rdp = rdp_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier,
+                                   steps=1, orders=RDPAccountant.DEFAULT_ALPHAS)
+    rdp.setflags(write=False)
+    return rdp
+
+
+def _rdp_epsilon(entries: list[Step], delta: float) -> float:
+    """Exactly `RDPAccountant.get_epsilon` (same sum, same orders), one step's RDP cached.
+
+    Opacus computes each entry's RDP as `rdp(one step) * steps`; so does this, so the
+    value is bit for bit Opacus' while a client's or the server's repeated
+    evaluations (every participation, every client with the same n) cost nothing.
+    """
+    rdp = sum([_unit_rdp(rate, noise) * steps for noise, rate, steps in entries])
+    eps, _ = rdp_analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS,
+                                            rdp=rdp, delta=delta)
+    return float(eps)
 
 
 def calibrate_noise(
@@ -136,8 +163,23 @@ def calibrate_noise(
 
 
 def expected_participations(rounds: int, fraction: float) -> int:
-    """How often one client is expected to train: ceil(rounds * fraction), >= 1."""
+    """How often one client is expected to train: ceil(rounds * fraction), >= 1.
+
+    A planning figure only: sampling is random, so some clients train more often.
+    Noise is calibrated for `participation_cap` instead, which the server enforces.
+    """
     return max(1, math.ceil(rounds * fraction - _FLOAT_SLACK))
+
+
+def participation_cap(rounds: int, max_participations: int | None) -> int:
+    """The most rounds one client may train in: --max-participations, else every round.
+
+    The server never samples a client past it, so noise calibrated for it keeps
+    every client's epsilon within the target whatever the sampling does.
+    """
+    if max_participations is None:
+        return rounds
+    return max(1, min(rounds, int(max_participations)))
 
 
 def batches_per_epoch(n: int, batch_size: int) -> int:
@@ -219,12 +261,15 @@ class DPPlan:
     batch_size: int
     sample_rate: float
     steps_per_participation: int
+    max_participations: int
+    """The cap K the server enforces (every round unless --max-participations)."""
     expected_participations: int
+    """ceil(rounds * fraction): a planning figure, not what noise is calibrated for."""
     epsilons: tuple[float, ...]
-    """Cumulative epsilon after participation 1, 2, ..., expected_participations."""
-    approx_rounds: tuple[int, ...]
-    """The round each participation is expected around (rounds / participations)."""
+    """Cumulative epsilon after participation 1, 2, ..., max_participations."""
     target_epsilon: float | None = None
+    cap_given: bool = False
+    """True when --max-participations set the cap (else: every round)."""
 
     @property
     def expected_batch_size(self) -> float:
@@ -233,12 +278,18 @@ class DPPlan:
 
     @property
     def final_epsilon(self) -> float:
-        """Epsilon after the last expected participation."""
+        """The guarantee: epsilon after the most participations the server allows."""
         return self.epsilons[-1]
+
+    @property
+    def expected_epsilon(self) -> float:
+        """Epsilon of a client that trains the expected number of times (planning)."""
+        return self.epsilons[min(self.expected_participations, len(self.epsilons)) - 1]
 
 
 def _check_run_shape(
-    rounds: int, fraction: float, local_epochs: int, batch_size: int, dataset_size: int
+    rounds: int, fraction: float, local_epochs: int, batch_size: int, dataset_size: int,
+    max_participations: int | None = None,
 ) -> list[str]:
     problems = [
         f"--{flag} must be > 0, got {value}"
@@ -247,8 +298,9 @@ def _check_run_shape(
             ("local-epochs", local_epochs),
             ("batch-size", batch_size),
             ("dataset-size", dataset_size),
+            ("max-participations", max_participations),
         )
-        if value <= 0
+        if value is not None and value <= 0
     ]
     if not 0.0 < fraction <= 1.0:
         problems.append(f"--fraction must be in (0, 1], got {fraction}")
@@ -273,14 +325,6 @@ def _check_plan_dp(
     return problems
 
 
-def _approx_rounds(
-    rounds: int, fraction: float, participations: int
-) -> tuple[int, ...]:
-    return tuple(
-        min(rounds, max(1, round(k / fraction))) for k in range(1, participations + 1)
-    )
-
-
 def plan(
     *,
     rounds: int,
@@ -292,15 +336,17 @@ def plan(
     delta: float | None = None,
     noise_multiplier: float | None = None,
     target_epsilon: float | None = None,
+    max_participations: int | None = None,
 ) -> DPPlan:
     """Plan sample-level DP for one client of `dataset_size` examples.
 
     Give exactly one of `noise_multiplier` (then epsilon follows) or
-    `target_epsilon` (then the noise multiplier is calibrated so the expected
-    participations end at it). `delta` defaults to `default_delta(dataset_size)`.
+    `target_epsilon` (then the noise multiplier is calibrated so that a client
+    training in as many rounds as the server allows, `participation_cap`, ends at
+    or below it). `delta` defaults to `default_delta(dataset_size)`.
     """
     problems = _check_run_shape(
-        rounds, fraction, local_epochs, batch_size, dataset_size
+        rounds, fraction, local_epochs, batch_size, dataset_size, max_participations
     )
     problems += _check_plan_dp(accountant, delta, noise_multiplier, target_epsilon)
     if problems:
@@ -308,19 +354,19 @@ def plan(
     chosen_delta = default_delta(dataset_size) if delta is None else delta
     q = sample_rate(dataset_size, batch_size)
     steps = steps_per_participation(dataset_size, batch_size, local_epochs)
-    participations = expected_participations(rounds, fraction)
+    cap = participation_cap(rounds, max_participations)
     if noise_multiplier is None:
         noise_multiplier = calibrate_noise(
             target_epsilon=target_epsilon,
             delta=chosen_delta,
             sample_rate=q,
-            steps=steps * participations,
+            steps=steps * cap,
             accountant=accountant,
         )
     epsilons = tuple(
         epsilon([(noise_multiplier, q, steps * k)], delta=chosen_delta,
                 accountant=accountant)
-        for k in range(1, participations + 1)
+        for k in range(1, cap + 1)
     )
     return DPPlan(
         noise_multiplier=noise_multiplier,
@@ -331,8 +377,9 @@ def plan(
         batch_size=batch_size,
         sample_rate=q,
         steps_per_participation=steps,
-        expected_participations=participations,
+        max_participations=cap,
+        expected_participations=min(cap, expected_participations(rounds, fraction)),
         epsilons=epsilons,
-        approx_rounds=_approx_rounds(rounds, fraction, participations),
         target_epsilon=target_epsilon,
+        cap_given=max_participations is not None,
     )

@@ -79,6 +79,7 @@ def client_settings(plan: ServerPlan) -> dict:
             "delta": cfg.delta,
             "accountant": cfg.accountant,
             "epsilon_budget": cfg.epsilon_budget,
+            "max_participations": cfg.max_participations,
             "insecure_reproducible_noise": cfg.insecure_reproducible_noise,
         }
     if plan.he is not None:
@@ -183,11 +184,15 @@ def make_strategy(plan: ServerPlan, federation) -> FedsimFedAvg:
               "min_clients": he_min_clients(plan), "round_offset": plan.resume_round}
     if not cfg.dp:
         return FedsimFedAvg(**common)
+    from fedsim.privacy.accounting import participation_cap
     from fedsim.privacy.ledger import PrivacyLedger
     from fedsim.server.strategies.dp_fedavg import DPFedAvg
 
     return DPFedAvg(ledger=PrivacyLedger(plan.ledger_path), accountant=cfg.accountant,
-                    delta=cfg.delta, budget=cfg.epsilon_budget, **common)
+                    delta=cfg.delta, budget=cfg.epsilon_budget,
+                    max_participations=participation_cap(cfg.rounds,
+                                                         cfg.max_participations),
+                    **common)
 
 
 def run_server(grid: Grid, plan: ServerPlan, listener: RoundListener) -> None:

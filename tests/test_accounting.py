@@ -252,22 +252,35 @@ def test_plan_with_noise_lists_growing_epsilons():
     # Execute
     p = acc.plan(rounds=30, fraction=0.1, local_epochs=5, batch_size=10,
                  dataset_size=13, noise_multiplier=1.1)
-    # Assert
-    assert (p.sample_rate, p.steps_per_participation, p.expected_participations) == (
-        0.5, 10, 3)
+    # Assert: the worst case is training in every round; 3 is only the expectation.
+    assert (p.sample_rate, p.steps_per_participation, p.expected_participations,
+            p.max_participations) == (0.5, 10, 3, 30)
     assert p.delta == 1e-5 and p.delta_is_default
-    assert p.approx_rounds == (10, 20, 30)
-    assert list(p.epsilons) == sorted(p.epsilons)
-    final = acc.epsilon([(1.1, 0.5, 30)], delta=1e-5, accountant="rdp")
-    assert p.final_epsilon == final
+    assert list(p.epsilons) == sorted(p.epsilons) and len(p.epsilons) == 30
+    assert p.final_epsilon == acc.epsilon([(1.1, 0.5, 300)], delta=1e-5, accountant="rdp")
+    assert p.expected_epsilon == acc.epsilon([(1.1, 0.5, 30)], delta=1e-5,
+                                             accountant="rdp")
 
 
-def test_plan_with_target_epsilon_calibrates_noise():
+def test_plan_with_target_epsilon_calibrates_for_the_cap_not_the_expectation():
     p = acc.plan(rounds=20, fraction=0.5, local_epochs=2, batch_size=16,
                  dataset_size=160, target_epsilon=4.0, delta=1e-6)
     assert p.delta == 1e-6 and not p.delta_is_default
-    assert 4.0 - 0.011 <= p.final_epsilon <= 4.0
-    assert len(p.epsilons) == 10
+    assert 4.0 - 0.011 <= p.final_epsilon <= 4.0  # a client in all 20 rounds
+    assert len(p.epsilons) == 20 and p.expected_participations == 10
+    assert p.expected_epsilon < p.final_epsilon
+    capped = acc.plan(rounds=20, fraction=0.5, local_epochs=2, batch_size=16,
+                      dataset_size=160, target_epsilon=4.0, delta=1e-6,
+                      max_participations=12)
+    assert capped.max_participations == 12 and len(capped.epsilons) == 12
+    assert 4.0 - 0.011 <= capped.final_epsilon <= 4.0
+    assert capped.noise_multiplier < p.noise_multiplier  # a lower cap needs less noise
+
+
+@pytest.mark.parametrize(("rounds", "cap", "expected"),
+                         [(10, None, 10), (10, 4, 4), (10, 30, 10), (1, None, 1)])
+def test_participation_cap(rounds, cap, expected):
+    assert acc.participation_cap(rounds, cap) == expected
 
 
 def test_plan_reports_all_problems_at_once():

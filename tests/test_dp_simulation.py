@@ -24,6 +24,19 @@ def dp_run(budgeted_dp_run):
     return budgeted_dp_run
 
 
+TARGET = 3.0
+
+
+@pytest.fixture(scope="module")
+def calibrated_run(tmp_path_factory):
+    """`fedsim run --clients 20 --rounds 10 --fraction 0.3 --dp --target-epsilon 3`."""
+    out = tmp_path_factory.mktemp("calibrated") / "run"
+    cfg = build_config({"clients": 20, "rounds": 10, "fraction": 0.3, "local_epochs": 1,
+                        "batch_size": 16, "seed": 11, "dp": True,
+                        "target_epsilon": TARGET, "device": "cpu", "out": str(out)})
+    return simulate(cfg)
+
+
 def _rows(run_dir):
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -48,6 +61,25 @@ def test_ledger_epsilon_is_opacus_value_for_the_history(dp_run):
                 (dp_run.run_dir / "partitions.json").read_text())["clients"][str(cid)]["train"])
             if i:
                 assert rec.epsilon > spent[i - 1].epsilon, "epsilon must grow"
+
+
+def test_target_epsilon_holds_for_every_client_however_often_sampled(calibrated_run):
+    records = PrivacyLedger(calibrated_run.run_dir / "privacy" / "ledger.jsonl").records()
+    spent = {cid: [r for r in recs if r.steps > 0]
+             for cid, recs in _by_client(records).items()}
+    assert len(spent) >= 15 and _rows(calibrated_run.run_dir)[-1]["round"] == 10
+    # Sampling is random: some client trains more often than the expected 3 of 10
+    # rounds (before, such clients ended above the target).
+    assert max(len(recs) for recs in spent.values()) > 3
+    assert max(recs[-1].epsilon for recs in spent.values()) <= TARGET
+    assert _rows(calibrated_run.run_dir)[-1]["eps_max"] <= TARGET
+    for recs in spent.values():  # and every figure is Opacus' for the history
+        accountant = RDPAccountant()
+        for rec in recs:
+            assert rec.budget == TARGET  # the budget defaults to the target
+            accountant.history.append((rec.noise_multiplier, rec.sample_rate, rec.steps))
+            assert rec.epsilon == pytest.approx(accountant.get_epsilon(rec.delta),
+                                                rel=1e-9)
 
 
 def test_epsilon_unchanged_in_rounds_a_client_sat_out(dp_run):

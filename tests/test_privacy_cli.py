@@ -17,9 +17,9 @@ def invoke(*extra):
 
 
 def epsilon_rows(output):
-    """(participation, round, epsilon) rows of the epsilon table."""
-    rows = re.findall(r"│\s+(\d+)\s+│\s+(\d+)\s+│\s+([\d.]+)\s+│", output)
-    return [(int(k), int(r), float(e)) for k, r, e in rows]
+    """(participation, epsilon) rows of the epsilon table."""
+    rows = re.findall(r"│\s+(\d+)\s+│\s+([\d.]+)\s+│", output)
+    return [(int(k), float(e)) for k, e in rows]
 
 
 def test_plan_with_noise_multiplier_prints_the_schedule():
@@ -34,19 +34,23 @@ def test_plan_with_noise_multiplier_prints_the_schedule():
     assert "0.5 (1 / ceil(n/B); expected batch 6.5)" in result.output
     assert re.search(r"steps per participation\s+│\s+10\b", result.output)
     assert epsilon_rows(result.output) == [
-        (k, r, round(e, 3))
-        for k, (r, e) in enumerate(zip(expected.approx_rounds, expected.epsilons,
-                                       strict=True), 1)
-    ]
+        (k, round(e, 3)) for k, e in enumerate(expected.epsilons, 1)]
+    assert re.search(r"│\s+3 │\s+[\d.]+ │ expected \(planning\)", result.output)
+    assert re.search(r"│\s+30 │\s+[\d.]+ │ cap K: the worst case", result.output)
 
 
-def test_plan_with_target_epsilon_calibrates_the_noise():
+def test_plan_with_target_epsilon_calibrates_the_noise_for_the_cap():
     result = invoke("--target-epsilon", "8", "--delta", "1e-6")
     assert result.exit_code == 0, result.output
-    assert "calibrated for --target-epsilon 8" in result.output
+    assert "calibrated: --target-epsilon 8 at K = 30" in result.output
     assert "1e-06 (given" in result.output
     final = epsilon_rows(result.output)[-1]
-    assert final[1] == 30 and 7.98 <= final[2] <= 8.0
+    assert final[0] == 30 and 7.98 <= final[1] <= 8.0
+    capped = invoke("--target-epsilon", "8", "--max-participations", "5")
+    assert capped.exit_code == 0, capped.output
+    assert "at K = 5)" in capped.output
+    assert "5 (--max-participations; enforced)" in capped.output
+    assert epsilon_rows(capped.output)[-1][0] == 5
 
 
 def test_large_delta_and_gdp_get_warnings():

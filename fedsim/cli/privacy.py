@@ -32,7 +32,8 @@ def _settings_table(p: DPPlan) -> Table:
     table.add_column("setting", style="bold")
     table.add_column("value")
     source = (
-        f"calibrated for --target-epsilon {p.target_epsilon:g}"
+        f"calibrated: --target-epsilon {p.target_epsilon:g} at K = "
+        f"{p.max_participations}"
         if p.target_epsilon is not None
         else "given"
     )
@@ -43,18 +44,35 @@ def _settings_table(p: DPPlan) -> Table:
     batch = f"expected batch {p.expected_batch_size:.3g}"
     table.add_row("sample rate q", f"{p.sample_rate:.4g} (1 / ceil(n/B); {batch})")
     table.add_row("steps per participation", str(p.steps_per_participation))
-    table.add_row("expected participations", str(p.expected_participations))
-    table.add_row("accountant", p.accountant)
+    cap = "--max-participations" if p.cap_given else "every round"
+    table.add_row("participation cap K", f"{p.max_participations} ({cap}; enforced)")
+    table.add_row("worst-case epsilon", f"{p.final_epsilon:.3f} (after K participations)")
+    table.add_row("expected participations",
+                  f"{p.expected_participations} (planning only: epsilon "
+                  f"{p.expected_epsilon:.3f})")
+    table.add_row("accountant", _accountant_label(p.accountant))
     return table
+
+
+def _accountant_label(kind: str) -> str:
+    return f"{kind} ({GDP_LABEL})" if kind == "gdp" else kind
+
+
+GDP_LABEL = "approximate, may understate"
 
 
 def _epsilon_table(p: DPPlan) -> Table:
     table = Table(title=f"Cumulative epsilon at delta {p.delta:.3g}")
     table.add_column("participation", justify="right")
-    table.add_column("~ round", justify="right")
     table.add_column("epsilon", justify="right")
-    for k, (round_, eps) in enumerate(zip(p.approx_rounds, p.epsilons, strict=True), 1):
-        table.add_row(str(k), str(round_), f"{eps:.3f}")
+    table.add_column("")
+    for k, eps in enumerate(p.epsilons, 1):
+        notes = []
+        if k == p.expected_participations:
+            notes.append("expected (planning)")
+        if k == p.max_participations:
+            notes.append("cap K: the worst case")
+        table.add_row(str(k), f"{eps:.3f}", ", ".join(notes))
     return table
 
 
@@ -77,7 +95,10 @@ _EPOCHS = "Local epochs per participation."
 _BATCH = "Local batch size B; Poisson batches average n / ceil(n/B) examples."
 _DELTA = "Target delta (default: min(1e-5, 0.1/n), below 1/n)."
 _NOISE = "Noise std / max grad norm; epsilon follows. Not with --target-epsilon."
-_TARGET = "Epsilon after the expected participations; calibrates the noise."
+_TARGET = ("Epsilon a client may reach at most (after K participations); calibrates "
+           "the noise.")
+_CAP = ("K: the most rounds one client may train in (the server enforces it); "
+        "default every round.")
 _ACCOUNTANT = "rdp, prv or gdp (Opacus accountants)."
 
 
@@ -91,6 +112,7 @@ def plan_command(
     delta: Annotated[float | None, typer.Option(help=_DELTA)] = None,
     noise_multiplier: Annotated[float | None, typer.Option(help=_NOISE)] = None,
     target_epsilon: Annotated[float | None, typer.Option(help=_TARGET)] = None,
+    max_participations: Annotated[int | None, typer.Option(help=_CAP)] = None,
     accountant: Annotated[str, typer.Option(help=_ACCOUNTANT)] = "rdp",
 ) -> None:
     """Show the noise, sample rate and cumulative epsilon of one client over a run.
@@ -110,6 +132,7 @@ def plan_command(
         delta=delta,
         noise_multiplier=noise_multiplier,
         target_epsilon=target_epsilon,
+        max_participations=max_participations,
     )
     console = Console(highlight=False)
     console.print(_settings_table(result))

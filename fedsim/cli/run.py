@@ -14,8 +14,14 @@ from fedsim.errors import ConfigError
 
 def _describe_privacy(console: Console, cfg, started) -> None:
     if cfg.dp:
+        from fedsim.privacy.accounting import participation_cap
+
+        cap = participation_cap(cfg.rounds, cfg.max_participations)
         noise = (f"noise multiplier {cfg.noise_multiplier}" if cfg.noise_multiplier
-                 else f"noise calibrated per client to epsilon {cfg.target_epsilon}")
+                 else f"noise calibrated per client so that epsilon <= "
+                      f"{cfg.target_epsilon} after {cap} participations")
+        if cfg.max_participations is not None or not cfg.noise_multiplier:
+            noise += f" (at most {cap} of {cfg.rounds} rounds per client, enforced)"
         delta = (f"delta {cfg.delta}" if cfg.delta is not None
                  else "delta min(1e-5, 0.1/n) per client (below 1/n for its n examples)")
         budget = (f", budget epsilon {cfg.epsilon_budget}" if cfg.epsilon_budget else "")
@@ -56,11 +62,12 @@ def run(
     max_len: Annotated[int | None, typer.Option(help="Text models: tokens per example (pad/truncate). \\[default: 64]")] = None,
     dp: Annotated[bool | None, typer.Option("--dp/--no-dp", help="Train every client with Opacus DP-SGD. This is SAMPLE-LEVEL DP per client: it protects each training example of a client against anyone who sees that client's updates or the model; it does not hide whether a client took part (that would be client-level DP). \\[default: --no-dp]")] = None,
     noise_multiplier: Annotated[float | None, typer.Option(help="DP-SGD noise multiplier (or give --target-epsilon). \\[default: 1.0 with --dp]")] = None,
-    target_epsilon: Annotated[float | None, typer.Option(help="Calibrate the noise so each client ends near this epsilon after the rounds it is expected to join. \\[default: none: --noise-multiplier sets the noise]")] = None,
+    target_epsilon: Annotated[float | None, typer.Option(help="Calibrate the noise per client so that no client ends above this epsilon: for the most rounds one client may train in (--max-participations; default every round). The epsilon budget defaults to it. \\[default: none: --noise-multiplier sets the noise]")] = None,
+    max_participations: Annotated[int | None, typer.Option(help="Cap K on the rounds one client trains in; the server never samples it more often, and --target-epsilon calibrates for K. \\[default: every round]")] = None,
     max_grad_norm: Annotated[float | None, typer.Option(help="DP-SGD per-sample clipping norm. \\[default: 1.0]")] = None,
     delta: Annotated[float | None, typer.Option(help="DP delta. \\[default: min(1e-5, 0.1/n) for a client with n examples, below 1/n]")] = None,
     accountant: Annotated[str | None, typer.Option(help="Privacy accountant: rdp, prv or gdp. \\[default: rdp]")] = None,
-    epsilon_budget: Annotated[float | None, typer.Option(help="Per-client epsilon budget: a client refuses a round that would exceed it. \\[default: none: no cap]")] = None,
+    epsilon_budget: Annotated[float | None, typer.Option(help="Per-client epsilon budget: a client refuses a round that would exceed it, and the server refuses such an update. \\[default with --target-epsilon: the target]")] = None,
     insecure_reproducible_noise: Annotated[bool | None, typer.Option("--insecure-reproducible-noise", help="INSECURE, research only: derive DP-SGD's noise and Poisson batches from (seed, round, client) so a run repeats exactly. The server knows those numbers and can remove the noise: NO DP AGAINST THE SERVER (or, under HE, against other clients). \\[default: off]")] = None,
     secure_agg: Annotated[str | None, typer.Option(help="none, or he: clients send CKKS ciphertexts and the server sums what it cannot read. \\[default: none]")] = None,
     he_params: Annotated[str | None, typer.Option(help="HE parameter set: default or compact. \\[default: default]")] = None,

@@ -35,12 +35,16 @@ class DPFedAvg(FedsimFedAvg):
     """FedsimFedAvg plus the privacy ledger, budget enforcement and epsilon metrics."""
 
     def __init__(self, *, ledger: PrivacyLedger, accountant: str, delta: float | None,
-                 budget: float | None, min_clients: int = 1, **kwargs) -> None:
+                 budget: float | None, max_participations: int | None = None,
+                 min_clients: int = 1, **kwargs) -> None:
         super().__init__(**kwargs)
         self.ledger = ledger
         self.accountant = accountant
         self.delta = delta
         self.budget = budget
+        self.max_participations = max_participations
+        """The cap K: no client is sampled for training more often (None: no cap)."""
+        self.sent: dict[int, int] = {}  # client id -> train messages sent to it
         self.min_clients = min_clients
         self.histories: dict[int, list[tuple[float, float, int]]] = {}
         self.epsilons: dict[int, float] = {}
@@ -62,6 +66,8 @@ class DPFedAvg(FedsimFedAvg):
         self.histories.setdefault(record.client_id, []).append(
             (record.noise_multiplier, record.sample_rate, record.steps))
         self.epsilons[record.client_id] = record.epsilon
+        self.sent[record.client_id] = max(self.sent.get(record.client_id, 0),
+                                          len(self.histories[record.client_id]))
 
     def _exhaustion_marker(self, server_round: int, cid: int, metrics) -> LedgerRecord:
         """A zero-step record: the client refused this round, nothing was spent."""
@@ -74,8 +80,14 @@ class DPFedAvg(FedsimFedAvg):
                             released=False)
 
     def eligible_clients(self, server_round: int) -> list[int] | None:
-        """Every client that has not run out of budget."""
-        return [c for c in self.federation.client_ids() if c not in self.exhausted]
+        """Every client with budget left and fewer than K participations.
+
+        The cap is what `--target-epsilon` calibrates the noise for: counted in train
+        messages sent (a client may train and release even if its reply is lost).
+        """
+        cap = self.max_participations
+        return [c for c in self.federation.client_ids() if c not in self.exhausted
+                and (cap is None or self.sent.get(c, 0) < cap)]
 
     def configure_train(self, server_round: int, arrays: ArrayRecord,
                         config: ConfigRecord, grid: Grid) -> Iterable[Message]:
@@ -83,13 +95,14 @@ class DPFedAvg(FedsimFedAvg):
         actual = server_round + self.round_offset
         remaining = len(self.eligible_clients(actual))
         if remaining < self.min_clients:
-            self._stop(f"only {remaining} client(s) with privacy budget left "
-                       f"(--min-clients {self.min_clients}); the run ended after round "
-                       f"{actual - 1}")
+            self._stop(f"only {remaining} client(s) with privacy budget and "
+                       f"participations left (--min-clients {self.min_clients}); the "
+                       f"run ended after round {actual - 1}")
         return super().configure_train(server_round, arrays, config, grid)
 
     def train_config_for(self, client_id: int, config: ConfigRecord) -> ConfigRecord:
         """Send each client its recorded history, so a restarted client keeps counting."""
+        self.sent[client_id] = self.sent.get(client_id, 0) + 1
         history = self.histories.get(client_id, [])
         if not history:
             return config

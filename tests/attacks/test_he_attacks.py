@@ -31,7 +31,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedsim import protocol
 from fedsim.client import he_step
-from fedsim.fedmodels.models import ModelSpec, build_model, register
+from fedsim.fedmodels.models import ModelSpec, build_model, register, unregister
 from fedsim.privacy import he, he_tag, keys
 from fedsim.server.aggregate import Accumulator
 from fedsim.server.federation import Federation
@@ -48,8 +48,17 @@ SETTINGS = {"model": SPEC.to_dict(), "seed": SEED}
 WEIGHTS = {0: 10.0, 1: 20.0, 2: 30.0}
 
 
-register("attack-linear", "a 650-parameter linear model (one compact ciphertext)",
-         lambda spec: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)))
+@pytest.fixture(scope="module", autouse=True)
+def attack_model():
+    """A 650-parameter linear model (one compact ciphertext), registered for this module only.
+
+    Registered in a fixture, not at import: the registry is global and other tests
+    enumerate every registered model.
+    """
+    register("attack-linear", "a 650-parameter linear model (one compact ciphertext)",
+             lambda spec: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)))
+    yield
+    unregister("attack-linear")
 
 
 def initial_state() -> OrderedDict:

@@ -67,7 +67,7 @@ def run(
     max_grad_norm: Annotated[float | None, typer.Option(help="DP-SGD per-sample clipping norm. \\[default: 1.0]")] = None,
     delta: Annotated[float | None, typer.Option(help="DP delta. \\[default: min(1e-5, 0.1/n) for a client with n examples, below 1/n]")] = None,
     accountant: Annotated[str | None, typer.Option(help="Privacy accountant: rdp, prv or gdp. \\[default: rdp]")] = None,
-    epsilon_budget: Annotated[float | None, typer.Option(help="Per-client epsilon budget: a client refuses a round that would exceed it, and the server refuses such an update. \\[default with --target-epsilon: the target]")] = None,
+    epsilon_budget: Annotated[float | None, typer.Option(help="Per-client epsilon budget: a client refuses a round that would exceed it, and the server refuses such an update. \\[default: none; with --target-epsilon: the target]")] = None,
     insecure_reproducible_noise: Annotated[bool | None, typer.Option("--insecure-reproducible-noise", help="INSECURE, research only: derive DP-SGD's noise and Poisson batches from (seed, round, client) so a run repeats exactly. The server knows those numbers and can remove the noise: NO DP AGAINST THE SERVER (or, under HE, against other clients). \\[default: off]")] = None,
     secure_agg: Annotated[str | None, typer.Option(help="none, or he: clients send CKKS ciphertexts and the server sums what it cannot read. \\[default: none]")] = None,
     he_params: Annotated[str | None, typer.Option(help="HE parameter set: default or compact. \\[default: default]")] = None,

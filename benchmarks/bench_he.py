@@ -1,17 +1,20 @@
 """CKKS secure aggregation vs plaintext FedAvg: wire size, time, error.
 
 For each model (the FedAvg MNIST CNN, 1,663,370 parameters, and the default digits
-CNN, 188,810), each HE parameter set and each key mode (`symmetric`: clients encrypt
-with the secret key, what `fedsim keys init` provisions; `public-key`: with a public
-key), a few clients encrypt weight*update, the server (no secret key) deserializes
-and adds each update, and the sum is
-decrypted and divided on the client side. The same updates are averaged in
+CNN, 188,810), each HE parameter set and each key mode (`tagged`: what fedsim runs,
+symmetric keys plus the authentication tags, weight and presence slots of
+`privacy.he_tag` for a federation of `--federation` clients; `symmetric`: the same
+keys without tags; `public-key`: with a public key), a few clients encrypt
+weight*update, the server (no secret key) deserializes and adds each update, and
+the sum is decrypted (and, tagged, verified) and divided on the client side. A
+second table prints the tags' cost: tagged over untagged bytes and times. The same updates are averaged in
 plaintext (numpy, float64 weighted sum) in the same run. Times are medians over the
 clients; the machine's cores may be shared, so compare rows of one run.
 
     python benchmarks/bench_he.py [--clients 3] [--sets default compact]
                                   [--models mnist digits]
-                                  [--modes symmetric public-key] [--json out.json]
+                                  [--modes symmetric tagged public-key]
+                                  [--federation 100] [--json out.json]
 """
 
 from __future__ import annotations
@@ -27,11 +30,11 @@ from rich.console import Console
 from rich.table import Table
 
 from fedsim.fedmodels.models import FedAvgCNN
-from fedsim.privacy import he
+from fedsim.privacy import he, he_tag
 from fedsim.server.aggregate import Accumulator, fedavg, weighted, weighted_average
 
 MODELS = {"mnist": (1, 28, 28), "digits": (1, 8, 8)}
-MODES = ("symmetric", "public-key")
+MODES = ("symmetric", "tagged", "public-key")  # untagged first: no warm-up in the ratio
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,7 +70,9 @@ def client_updates(base, clients: int, seed: int = 0):
     return updates, weights
 
 
-def run_he(name, params, mode, updates, weights, reference) -> Row:
+def run_he(name, params, mode, updates, weights, reference, federation: int = 100) -> Row:
+    if mode == "tagged":
+        return run_tagged(name, params, updates, weights, reference, federation)
     secret = he.create_context(params, symmetric=mode == "symmetric")
     server_bytes = he.public_context_bytes(secret)
     public = he.load_public_context(server_bytes)
@@ -108,6 +113,73 @@ def run_he(name, params, mode, updates, weights, reference) -> Row:
         max_err_f32=max_abs(avg, reference["f32"]),
         max_err_f64=float(np.max(np.abs(flat - exact))),
     )
+
+
+def run_tagged(name, params, updates, weights, reference, federation: int) -> Row:
+    """What fedsim sends: clipped, weighted, tagged, symmetric-key ciphertexts."""
+    secret = he.create_context(params, symmetric=True)
+    server_bytes = he.public_context_bytes(secret)
+    public = he.load_public_context(server_bytes)
+    fp = he.fingerprint(server_bytes, b"benchmark key id")
+    tag_secret = he_tag.context_tag_secret(secret)
+    shapes = [a.shape for a in updates[0]]
+    num = sum(a.size for a in updates[0])
+    layout = he_tag.Layout(num_params=num, num_clients=federation)
+    binding = he_tag.Binding(run_id="bench", round=1, basis=bytes(32))
+    count = he.expected_vector_count(layout.total, params)
+    acc, enc, agg, size = Accumulator(), [], [], 0
+    for cid, (update, weight) in enumerate(zip(updates, weights, strict=True)):
+        t0 = time.perf_counter()
+        blobs, _ = he_tag.seal_contribution(secret, update, weight, cid, secret=tag_secret,
+                                            binding=binding, layout=layout, fingerprint=fp)
+        t1 = time.perf_counter()
+        acc.add(he.load_ciphertexts(public, blobs, expected_count=count,
+                                    num_params=layout.total, fingerprint=fp), weight)
+        agg.append(time.perf_counter() - t1)
+        enc.append(t1 - t0)
+        size = sum(len(b) for b in blobs)
+    summed = he.serialize_vectors(acc.total, fingerprint=fp)
+    t0 = time.perf_counter()
+    avg, _ = he_tag.open_global(secret, summed, shapes=shapes, secret=tag_secret,
+                                binding=binding, layout=layout, announced_weight=acc.weight,
+                                min_contributors=1, fingerprint=fp)
+    dec = time.perf_counter() - t0
+    decrypted = he.decrypt_flat(secret, summed, num_values=layout.total, fingerprint=fp)
+    flat = he_tag.open_sum(decrypted, secret=tag_secret, binding=binding, layout=layout,
+                           scale_bits=params.global_scale_bits,
+                           capacity=params.max_abs_sum, announced_weight=acc.weight,
+                           min_contributors=1).average
+    exact = np.concatenate([r.ravel() for r in reference["f64"]])
+    return Row(
+        model=name, params=num, scheme=f"{params.name} (tagged)",
+        security=f"{params.security}-bit", vectors=count, bytes_per_param=size / num,
+        vs_fp32=size / num / 4, mib_per_update=size / 2**20,
+        encrypt_s=float(np.median(enc)), aggregate_s=float(np.median(agg)), decrypt_s=dec,
+        max_err_f32=max_abs(avg, reference["f32"]),
+        max_err_f64=float(np.max(np.abs(flat - exact))),
+    )  # fmt: skip
+
+
+def tag_cost(rows: list[Row]) -> Table:
+    """Tagged over untagged symmetric rows: the tags' byte and time ratios."""
+    out = Table(title="Cost of the authentication tags (tagged / untagged, same keys)")
+    for head in ("model", "set", "bytes", "encrypt", "server add", "decrypt+verify",
+                 "tag slots"):
+        out.add_column(head, justify="right")
+    by_key = {(r.model, r.scheme): r for r in rows}
+    for (model, scheme), tagged in by_key.items():
+        if not scheme.endswith("(tagged)"):
+            continue
+        plain = by_key.get((model, scheme.replace("tagged", "symmetric")))
+        if plain is None:
+            continue
+        out.add_row(model, scheme.split()[0],
+                    f"{tagged.mib_per_update / plain.mib_per_update:.4f}",
+                    f"{tagged.encrypt_s / plain.encrypt_s:.2f}",
+                    f"{tagged.aggregate_s / plain.aggregate_s:.2f}",
+                    f"{tagged.decrypt_s / plain.decrypt_s:.2f}",
+                    f"+{tagged.vectors - plain.vectors} ciphertext(s)")
+    return out
 
 
 def max_abs(got, expected) -> float:
@@ -158,6 +230,8 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=list(he.PARAMETER_SETS))
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--federation", type=int, default=100,
+                        help="clients in the federation (presence slots of a tagged update)")
     parser.add_argument("--json", default=None, help="also write the rows here")
     args = parser.parse_args()
     rows = []
@@ -168,8 +242,10 @@ def main() -> None:
         for set_name in args.sets:
             params = he.get_params(set_name)
             for mode in args.modes:
-                rows.append(run_he(name, params, mode, updates, weights, reference))
+                rows.append(run_he(name, params, mode, updates, weights, reference,
+                                   args.federation))
     Console(width=200).print(table(rows))
+    Console(width=200).print(tag_cost(rows))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump([asdict(r) for r in rows], handle, indent=2)

@@ -38,16 +38,19 @@ def _settings(msg: Message) -> dict:
     return protocol.decode_settings(str(config[protocol.SETTINGS]))
 
 
-def _he_context(settings: dict, context: Context):
+def _he_context(msg: Message, settings: dict, context: Context):
+    """This site's HE session (its own keys, checked against the run), or None."""
     if not settings.get("he"):
         return None
-    from fedsim.client.he_step import context_for
+    from fedsim.client.he_step import session_for
 
-    return context_for(settings["he"], context.node_config)
+    data_dir = msg.content[protocol.CONFIG].get(protocol.DATA_DIR)
+    return session_for(settings["he"], context, None if data_dir is None else str(data_dir),
+                       flower_run=int(msg.metadata.run_id))
 
 
-def _receive_model(msg: Message, settings: dict, he_ctx) -> torch.nn.Module:
-    """Build the model and load the global state (decrypting it under HE)."""
+def _receive_model(msg: Message, settings: dict, he_ctx, stage: str) -> torch.nn.Module:
+    """Build the model and load the global state (verified and decrypted under HE)."""
     model = build_model(ModelSpec.from_dict(settings["model"]))
     record = msg.content[protocol.ARRAYS]
     if he_ctx is None:
@@ -55,7 +58,9 @@ def _receive_model(msg: Message, settings: dict, he_ctx) -> torch.nn.Module:
     else:
         from fedsim.client.he_step import global_state
 
-        model.load_state_dict(global_state(record, model, he_ctx))
+        server_round = int(msg.content[protocol.CONFIG][protocol.ROUND])
+        model.load_state_dict(global_state(record, model, he_ctx, settings=settings,
+                                           server_round=server_round, stage=stage))
     return model
 
 
@@ -67,7 +72,9 @@ def _reply(msg: Message, metrics: dict, model: torch.nn.Module | None, settings:
     elif model is not None:
         from fedsim.client.he_step import encrypted_reply
 
-        arrays, he_config = encrypted_reply(model.cpu(), weight, he_ctx)
+        arrays, he_config = encrypted_reply(
+            model.cpu(), weight, he_ctx, client_id=int(metrics[protocol.CLIENT_ID]),
+            server_round=int(msg.content[protocol.CONFIG][protocol.ROUND]))
         content[protocol.ARRAYS] = arrays
         content[protocol.HE_CONFIG] = he_config
     return Message(content, reply_to=msg)
@@ -102,8 +109,12 @@ def train(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)
     cid = client_id(context)
     settings = _settings(msg)
-    he_ctx = _he_context(settings, context)
-    model = _receive_model(msg, settings, he_ctx)
+    he_ctx = _he_context(msg, settings, context)
+    model = _receive_model(msg, settings, he_ctx, "train")
+    if he_ctx is not None:
+        from fedsim.client.he_step import claim_round
+
+        claim_round(context, int(msg.content[protocol.CONFIG][protocol.ROUND]), he_ctx)
     x, y = client_data(msg, context, cid, "train")
     result, extra = _local_training(model, x, y, settings, context, msg, cid)
     metrics = {protocol.NUM_EXAMPLES: len(y), protocol.CLIENT_ID: cid, **extra}
@@ -126,7 +137,7 @@ def evaluate_local(msg: Message, context: Context) -> Message:
         if exhausted_for_evaluation(msg, context, cid):  # its budget is spent: no more
             reply = MetricRecord({protocol.CLIENT_ID: cid, protocol.DP_EXHAUSTED: 1})
             return Message(RecordDict({protocol.METRICS: reply}), reply_to=msg)
-    model = _receive_model(msg, settings, _he_context(settings, context))
+    model = _receive_model(msg, settings, _he_context(msg, settings, context), "evaluate")
     x, y = client_data(msg, context, cid, "val")
     loss, acc = evaluate(model, x, y, device=resolve_device(settings["device"]))
     metrics = MetricRecord({

@@ -34,7 +34,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, MessageType
 
 from fedsim import protocol
 from fedsim.errors import FedsimError
-from fedsim.protocol import POLICY_REFUSED, SITE_ERROR
+from fedsim.protocol import GLOBAL_REFUSED, POLICY_REFUSED, SITE_ERROR
 
 log = logging.getLogger("fedsim.site")
 
@@ -306,9 +306,12 @@ def make_site_guard(data_size: Callable[[Message, Context], int]):
         except PolicyError as err:
             reasons = [str(err)]
         except FedsimError as err:
-            reason = f"{_site_name(context)}: {err}"
-            log.error(reason)
-            return _error_reply(msg, SITE_ERROR, reason)
+            log.error("%s: %s", _site_name(context), err)
+            # An error may say what only the site should know (a refused global's
+            # detail would be an oracle on its secret tag key): it names a fixed text.
+            public = getattr(err, "public_reason", None)
+            return _error_reply(msg, GLOBAL_REFUSED if public else SITE_ERROR,
+                                f"{_site_name(context)}: {public or err}")
         reason = f"{_site_name(context)} refused by site policy: " + "; ".join(reasons)
         log.warning(reason)
         return _error_reply(msg, POLICY_REFUSED, reason)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-SUPERLINK_PORT = 9093  # one HTTPS port: Fleet, Control and Runtime APIs (Flower 1.41)
+SUPERLINK_PORT = 9093  # the gateway's fleet door: the sites' Fleet API (published)
+CONTROL_PORT = 9095  # the gateway's control door: the operator's Control API
+UPSTREAM_PORT = 9091  # the SuperLink itself (all its APIs), on its loopback only
 SUPERNODE_RUNTIME_PORT = 9094  # each SuperNode's Runtime API, on its loopback only
 
 
@@ -25,6 +27,18 @@ class SuperLinkSetup:
     database: str
     host: str = "0.0.0.0"
     port: int = SUPERLINK_PORT
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewaySetup:
+    """fedsim's gateway in front of the SuperLink: its doors and TLS files."""
+
+    ca: str
+    cert: str
+    key: str
+    upstream: str = f"127.0.0.1:{UPSTREAM_PORT}"
+    fleet: str = f"0.0.0.0:{SUPERLINK_PORT}"
+    control: str = f"0.0.0.0:{CONTROL_PORT}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +74,20 @@ def superlink_argv(setup: SuperLinkSetup) -> list[str]:
         "--isolation", "subprocess",
         "--disable-runtime-dependency-installation",
     ]
+
+
+def gateway_argv(setup: GatewaySetup, superlink: list[str], *,
+                 python: str = "python") -> list[str]:
+    """The gateway, which starts `superlink` (argv) and is its only door.
+
+    The SuperLink must listen on `setup.upstream` (a loopback address): the gateway
+    passes the Fleet API from the network and the Control API from the operator's
+    host only (`fedsim.deploy.gateway`).
+    """
+    return [python, "-m", "fedsim.deploy.gateway",
+            "--ca", setup.ca, "--cert", setup.cert, "--key", setup.key,
+            "--upstream", setup.upstream, "--fleet", setup.fleet,
+            "--control", setup.control, "--", *superlink]
 
 
 def node_config(setup: SiteSetup) -> str:
@@ -131,16 +159,20 @@ class ContainerPaths:
     policy: str = "/fedsim/site/policy/policy.toml"
     he_key: str = "/fedsim/he/client.key"
     superlink_address: str = f"superlink:{SUPERLINK_PORT}"
+    control_address: str = f"127.0.0.1:{CONTROL_PORT}"
 
 
 CONTAINER = ContainerPaths()
 
 
 def compose_superlink() -> list[str]:
-    """The SuperLink service's command in docker-compose.yml."""
-    return superlink_argv(SuperLinkSetup(ca=CONTAINER.ca, cert=CONTAINER.server_cert,
+    """The SuperLink service's command in docker-compose.yml: gateway + SuperLink."""
+    link = superlink_argv(SuperLinkSetup(ca=CONTAINER.ca, cert=CONTAINER.server_cert,
                                          key=CONTAINER.server_key,
-                                         database=CONTAINER.database))
+                                         database=CONTAINER.database,
+                                         host="127.0.0.1", port=UPSTREAM_PORT))
+    return gateway_argv(GatewaySetup(ca=CONTAINER.ca, cert=CONTAINER.server_cert,
+                                     key=CONTAINER.server_key), link)
 
 
 def compose_site(partition_id: int) -> list[str]:
@@ -153,5 +185,5 @@ def compose_site(partition_id: int) -> list[str]:
 
 def compose_enroll() -> list[str]:
     """The one-shot enrollment service's command in docker-compose.yml."""
-    return enroll_argv(superlink=CONTAINER.superlink_address, ca=CONTAINER.ca,
+    return enroll_argv(superlink=CONTAINER.control_address, ca=CONTAINER.ca,
                        keys_dir=CONTAINER.public_keys)

@@ -28,6 +28,7 @@ from fedsim.deploy.flwr_cli import (
 
 FINISHED = "finished"
 POLL_S = 5.0
+POLL_FAILURES = 5  # status polls that may fail in a row while waiting for a run
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,11 +111,24 @@ def run_log(conn: Connection, run_id: int) -> str:
 
 
 def wait_for(conn: Connection, run_id: int, *, timeout: float,
-             poll: float = POLL_S) -> RunState:
-    """Poll until the run has finished or `timeout` seconds have passed."""
+             poll: float = POLL_S, tolerate: int = POLL_FAILURES) -> RunState:
+    """Poll until the run has finished or `timeout` seconds have passed.
+
+    A poll that fails (the SuperLink busy or restarting) is retried; only
+    `tolerate` failures in a row end the wait.
+    """
     deadline = time.monotonic() + timeout
+    failures = 0
     while True:
-        state = run_state(conn, run_id)
+        try:
+            state = run_state(conn, run_id)
+            failures = 0
+        except DeployError:
+            failures += 1
+            if failures > tolerate:
+                raise
+            time.sleep(poll)
+            continue
         if state.finished:
             return state
         if time.monotonic() > deadline:

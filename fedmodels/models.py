@@ -156,6 +156,11 @@ def register(
     _REGISTRY[name] = (description, builder)
 
 
+def unregister(name: str) -> None:
+    """Remove a model builder from the registry (no error when it is absent)."""
+    _REGISTRY.pop(name, None)
+
+
 def model_names() -> list[str]:
     """The registered model names, sorted."""
     return sorted(_REGISTRY)

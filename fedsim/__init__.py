@@ -6,3 +6,10 @@ imported by nothing.
 """
 
 __version__ = "0.1.0"
+
+import os as _os
+
+# Flower posts usage telemetry (platform, run events) to telemetry.flower.ai unless
+# told not to. fedsim does not phone home; offline, the attempt also held every
+# `fedsim run` exit for 7-10 s. FLWR_TELEMETRY_ENABLED=1 turns it back on.
+_os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")

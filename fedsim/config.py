@@ -32,6 +32,9 @@ README's DP example (mnist-5k, 10 clients, 20 rounds, epsilon 8) passes 0.85.
 A larger clip than Opacus' usual 1.0 keeps late-training gradients (small, once
 the loss drops) from being swamped by noise fixed at sigma x clip."""
 
+# The dataset a model trains on when --dataset is not given (others: digits).
+DEFAULT_DATASET_FOR_MODEL = {"text": "bbc-news"}
+
 
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
@@ -141,6 +144,22 @@ def _check_ranges(cfg: dict[str, Any], problems: list[str]) -> None:
         problems.append(f"cpus-per-client must be > 0, got {cfg['cpus_per_client']}")
     if isinstance(cfg["gpus_per_client"], float) and cfg["gpus_per_client"] < 0:
         problems.append(f"gpus-per-client must be >= 0, got {cfg['gpus_per_client']}")
+    _check_min_clients(cfg, problems)
+
+
+def _check_min_clients(cfg: dict[str, Any], problems: list[str]) -> None:
+    """--min-clients cannot exceed the clients sampled per round (the run could not start)."""
+    values = (cfg["clients"], cfg["fraction"], cfg["min_clients"])
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+               for v in values):
+        return
+    per_round = max(1, int(round(cfg["fraction"] * cfg["clients"])))
+    if cfg["min_clients"] > per_round:
+        problems.append(
+            f"--min-clients {cfg['min_clients']} is more than the {per_round} client(s) "
+            f"sampled per round (--clients {cfg['clients']} x --fraction "
+            f"{cfg['fraction']:g}); use --min-clients {per_round} or fewer, or sample "
+            "more with --fraction")
 
 
 def _check_privacy(cfg: dict[str, Any], problems: list[str]) -> None:
@@ -168,7 +187,7 @@ def _check_privacy(cfg: dict[str, Any], problems: list[str]) -> None:
 
 
 def _check_names(cfg: dict[str, Any], problems: list[str]) -> None:
-    from fedsim.fedmodels.datasets import dataset_names
+    from fedsim.fedmodels.datasets import dataset_info, dataset_names
     from fedsim.fedmodels.models import model_names
 
     if cfg["model"] not in model_names():
@@ -180,6 +199,12 @@ def _check_names(cfg: dict[str, Any], problems: list[str]) -> None:
             f"unknown dataset '{cfg['dataset']}'; "
             f"choose one of: {', '.join(dataset_names())}"
         )
+    elif cfg["data_dir"] is not None and dataset_info(cfg["dataset"]).embedded:
+        local = [n for n in dataset_names() if not dataset_info(n).embedded]
+        problems.append(
+            f"--data-dir is for datasets read from local files ({', '.join(local)}); "
+            f"'{cfg['dataset']}' is embedded and reads none: drop --data-dir or name "
+            "the dataset it holds with --dataset")
 
 
 def build_config(values: dict[str, Any]) -> RunConfig:
@@ -196,6 +221,8 @@ def build_config(values: dict[str, Any]) -> RunConfig:
     merged = {**RunConfig().to_dict(), **normalized}
     if merged["dp"] is True:
         merged.update({k: v for k, v in DP_DEFAULTS.items() if k not in normalized})
+    if "dataset" not in normalized and isinstance(merged["model"], str):
+        merged["dataset"] = DEFAULT_DATASET_FOR_MODEL.get(merged["model"], merged["dataset"])
     if merged["dp"] is True and merged["noise_multiplier"] is None \
             and merged["target_epsilon"] is None:
         merged["noise_multiplier"] = DEFAULT_NOISE_MULTIPLIER

@@ -25,3 +25,14 @@ class DatasetError(FedsimError):
 
 class RunAborted(FedsimError):
     """A run stopped before its last round (too few clients replied, ...)."""
+
+
+class RunInterrupted(FedsimError):
+    """The user or a scheduler asked the run to stop (SIGINT, SIGTERM).
+
+    Raised inside the ServerApp when its stop event is set: the round in progress
+    is abandoned (its pending replies are not waited for, nothing of it is recorded)
+    and the run keeps the rounds it completed.
+    """
+
+    exit_code = 130

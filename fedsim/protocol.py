@@ -50,6 +50,10 @@ DP_ROUND = "dp-round"  # the round the client trained for (labels a late reply)
 HE_CONFIG = "he"  # ConfigRecord in replies: the key fingerprint used
 HE_FINGERPRINT = "fingerprint"
 HE_TOTAL_WEIGHT = "he-total-weight"  # float64 array [sum of weights] beside a sum
+HE_SUM_ROUND = "he-sum-round"  # int64 array [round whose contributions a sum adds]
+HE_SUM_BASIS = "he-sum-basis"  # uint8 array: SHA-256 of the global they trained on
+HE_ROUND = "round"  # ConfigRecord in replies: the round a contribution is tagged for
+HE_BASIS = "basis"  # ConfigRecord in replies: hex SHA-256 of the global it trained on
 HE_PREFIX = "ct-"
 
 
@@ -58,14 +62,27 @@ def ciphertext_key(index: int) -> str:
     return f"{HE_PREFIX}{index:05d}"
 
 
-def encrypted_record(blobs: list[bytes], total_weight: float | None) -> ArrayRecord:
-    """Ciphertexts (and optionally the total weight) as an ArrayRecord."""
+def encrypted_record(blobs: list[bytes], total_weight: float | None, *,
+                     sum_round: int | None = None, basis: bytes | None = None
+                     ) -> ArrayRecord:
+    """Ciphertexts (and, for a sum, its total weight, round and basis) as an ArrayRecord."""
     record = ArrayRecord()
     for i, blob in enumerate(blobs):
         record[ciphertext_key(i)] = Array(np.frombuffer(blob, dtype=np.uint8))
     if total_weight is not None:
         record[HE_TOTAL_WEIGHT] = Array(np.asarray([total_weight], dtype=np.float64))
+    if sum_round is not None:
+        record[HE_SUM_ROUND] = Array(np.asarray([sum_round], dtype=np.int64))
+    if basis is not None:
+        record[HE_SUM_BASIS] = Array(np.frombuffer(basis, dtype=np.uint8).copy())
     return record
+
+
+def sum_metadata(record: ArrayRecord) -> tuple[float, int, bytes]:
+    """(total weight, round, basis) of an encrypted sum; KeyError/ValueError if absent."""
+    total = float(record[HE_TOTAL_WEIGHT].numpy()[0])
+    sum_round = int(record[HE_SUM_ROUND].numpy()[0])
+    return total, sum_round, record[HE_SUM_BASIS].numpy().tobytes()
 
 
 def ciphertext_blobs(record: ArrayRecord) -> list[bytes]:
@@ -85,3 +102,4 @@ DP_HISTORY = "dp-history"  # ConfigRecord: JSON list of this client's recorded s
 # Error codes a client puts on an error reply (Flower's Error.code)
 POLICY_REFUSED = 100  # a site's policy refused the run before any training
 SITE_ERROR = 101  # a site could not produce a reply (its data, its keys)
+GLOBAL_REFUSED = 102  # a site refused the global it was sent (failed HE verification)

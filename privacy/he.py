@@ -40,8 +40,15 @@ TenSEAL itself only notices a ciphertext from *different parameters*: two contex
 with the same parameters but different keys load each other's ciphertexts silently
 (and decrypt to noise), hence the fingerprint in every frame. Nor does it notice
 most flipped bytes inside the coefficient data (any value below the prime parses),
-hence the checksum. Neither is a MAC: a malicious sender can forge both; integrity
-against an attacker is the transport's job (TLS).
+hence the checksum. Neither is a MAC: anyone can recompute both. Against a
+malicious server the clients check secret tags after decrypting (`he_tag`); every
+frame a client or the server reads is first checked field by field and capped in
+size (`he_wire`), so malformed bytes are refused before TenSEAL or SEAL parse them.
+
+What "no key" does not give: the server holds no key, yet it can build RLWE
+ciphertexts of its own (c0 = NTT(scale*m), c1 = NTT(1) decrypts to m plus the small
+secret over the scale), add plaintexts, scale by integer polynomials, replay and
+drop. Only the tags of `he_tag` make such a global detectable.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ import numpy as np
 import tenseal as ts
 
 from fedsim.errors import ConfigError, FedsimError
+from fedsim.privacy.he_wire import FreshShape, WireError, check_payload
 
 
 class HEError(FedsimError):
@@ -214,8 +222,9 @@ def create_context(params: HEParams, *, symmetric: bool = False) -> ts.Context:
 
     ``symmetric=True`` makes a context that encrypts with the secret key itself
     (SEAL's symmetric encryption): 0.4-0.6x the time per ciphertext, 1/7 to 1/10 of
-    the fresh noise, and no public key exists, so only secret-key holders can make
-    ciphertexts. Its server twin holds no key at all, so it cannot identify its key
+    the fresh noise, and no public key exists. That does not stop anyone from making
+    ciphertexts (see the module docstring): clients authenticate sums with `he_tag`.
+    Its server twin holds no key at all, so it cannot identify its key
     set: callers pass the key set's fingerprint (see `keys.provision`).
     """
     kind = ts.ENCRYPTION_TYPE.SYMMETRIC if symmetric else ts.ENCRYPTION_TYPE.ASYMMETRIC
@@ -385,11 +394,20 @@ def _frame(payload: bytes, digest: bytes) -> bytes:
     return _FRAME_MAGIC + bytes([_FRAME_VERSION]) + digest + check + payload
 
 
-def _unframe(blob: object, index: int, digest: bytes) -> bytes:
-    """Return the TenSEAL bytes of an intact frame made under `digest`'s context."""
+def _unframe(blob: object, index: int, digest: bytes, limit: int) -> bytes:
+    """Return the TenSEAL bytes of an intact frame made under `digest`'s context.
+
+    `limit` caps the payload: no frame longer than one fresh ciphertext's worst case
+    is copied, hashed or parsed.
+    """
     if not isinstance(blob, bytes | bytearray | memoryview):
         raise CiphertextError(
             f"ciphertext {index} is a {type(blob).__name__}, not bytes"
+        )
+    if len(blob) > _FRAME_HEADER + limit:
+        raise CiphertextError(
+            f"ciphertext {index} is {len(blob)} bytes, more than the "
+            f"{_FRAME_HEADER + limit} a fresh ciphertext of this context can take"
         )
     blob = bytes(blob)
     if len(blob) < _FRAME_HEADER or not blob.startswith(_FRAME_MAGIC):
@@ -438,7 +456,13 @@ def encrypt_update(
     `fingerprint` names the key set in every frame (required for symmetric-key
     contexts; an asymmetric context's own is used when omitted).
     """
-    flat = _flatten_weighted(arrays, weight)
+    return encrypt_flat(ctx, _flatten_weighted(arrays, weight), fingerprint=fingerprint)
+
+
+def encrypt_flat(
+    ctx: ts.Context, flat: np.ndarray, *, fingerprint: str | None = None
+) -> list[bytes]:
+    """Encrypt one flat float64 vector (already weighted), checked against capacity."""
     limit = capacity(ctx)
     peak = float(np.max(np.abs(flat)))
     if peak >= limit:
@@ -470,13 +494,33 @@ def decrypt_average(
             f"total weight must be positive and finite, got {total_weight}"
         )
     num_params = sum(math.prod(shape) for shape in shapes)
-    count = _vector_count(num_params, slot_count(secret_ctx))
+    flat = decrypt_flat(secret_ctx, blobs, num_values=num_params, fingerprint=fingerprint)
+    return _split(flat / total_weight, shapes)
+
+
+def decrypt_flat(
+    secret_ctx: ts.Context,
+    blobs: Sequence[bytes],
+    *,
+    num_values: int,
+    fingerprint: str | None = None,
+) -> np.ndarray:
+    """Check and decrypt the ciphertexts of one flat vector of `num_values` values."""
+    if not secret_ctx.is_private():
+        raise ContextError(
+            "decrypting needs the secret context (client.key), not a public one"
+        )
+    count = _vector_count(num_values, slot_count(secret_ctx))
     vectors = load_ciphertexts(
-        secret_ctx, blobs, expected_count=count, num_params=num_params,
+        secret_ctx, blobs, expected_count=count, num_params=num_values,
         fingerprint=fingerprint,
     )
-    flat = np.concatenate([np.asarray(v.decrypt(), dtype=np.float64) for v in vectors])
-    return _split(flat / total_weight, shapes)
+    return np.concatenate([np.asarray(v.decrypt(), dtype=np.float64) for v in vectors])
+
+
+def split_arrays(flat: np.ndarray, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+    """Cut a flat vector into float32 arrays of the given shapes."""
+    return _split(flat, shapes)
 
 
 # --- server side: load, add, serialize ------------------------------------------
@@ -503,12 +547,33 @@ def load_ciphertexts(
         )
     digest = _digest(public_ctx, fingerprint)
     sizes = _expected_sizes(public_ctx, expected_count, num_params)
+    shape = fresh_shape(public_ctx)
     vectors = []
     for index, blob in enumerate(blobs):
-        vector = _deserialize(public_ctx, _unframe(blob, index, digest), index)
+        payload = _unframe(blob, index, digest, shape.max_payload)
+        vector = _deserialize(public_ctx, payload, index, shape)
         _check_vector(public_ctx, vector, index, sizes[index])
         vectors.append(vector)
     return vectors
+
+
+def fresh_shape(ctx: ts.Context) -> FreshShape:
+    """What a fresh ciphertext of this context looks like on the wire."""
+    data = ctx.seal_context().data.first_context_data()
+    parms = data.parms()
+    words = ctx.seal_context().data.first_parms_id()
+    return FreshShape(
+        parms_id=b"".join(int(w).to_bytes(8, "little") for w in words),
+        poly_modulus_degree=parms.poly_modulus_degree(),
+        primes=data.chain_index() + 1,
+        scale=float(ctx.global_scale),
+        slots=parms.poly_modulus_degree() // 2,
+    )
+
+
+def max_frame_bytes(ctx: ts.Context) -> int:
+    """The longest frame (header + payload) a reply's ciphertext may have."""
+    return _FRAME_HEADER + fresh_shape(ctx).max_payload
 
 
 def _expected_sizes(
@@ -527,8 +592,19 @@ def _expected_sizes(
     return [(slots, slots)] * (count - 1) + [(last, last)]
 
 
-def _deserialize(ctx: ts.Context, payload: bytes, index: int) -> ts.CKKSVector:
-    """Parse TenSEAL bytes; its ValueError/RuntimeError become CiphertextError."""
+def _deserialize(
+    ctx: ts.Context, payload: bytes, index: int, shape: FreshShape
+) -> ts.CKKSVector:
+    """Parse TenSEAL bytes, checked field by field first; any failure is CiphertextError.
+
+    TenSEAL/SEAL are only handed bytes whose every field was checked here (see
+    `he_wire.check_payload`): no unknown protobuf field, no oversized frame, no
+    decompression beyond one fresh ciphertext's exact size, NTT form and level right.
+    """
+    try:
+        check_payload(payload, shape)
+    except WireError as err:
+        raise CiphertextError(f"ciphertext {index} is malformed: {err}") from err
     try:
         return ts.ckks_vector_from(ctx, payload)
     except Exception as err:  # TenSEAL raises ValueError, RuntimeError, TypeError
@@ -550,7 +626,8 @@ def _check_vector(
         )
     seal = ctx.seal_context().data
     part = parts[0]
-    if part.size() != 2 or part.parms_id() != seal.first_parms_id():
+    fresh = part.parms_id() == seal.first_parms_id() and part.is_ntt_form()
+    if part.size() != 2 or not fresh:
         raise CiphertextError(
             f"ciphertext {index} is not a fresh ciphertext (level or degree differ); "
             "clients must send unmodified encrypt_update output"

@@ -7,7 +7,10 @@
   nonce); mode 0600. Only clients get it (the passphrase travels separately).
 - ``server.ctx``: the aggregator's context: the encryption parameters and no key at
   all. Clients encrypt with the secret key (symmetric CKKS), so no public key
-  exists: the server can add ciphertexts but can neither read nor make one.
+  exists: the server can add ciphertexts but cannot read one. It *can* build
+  ciphertexts of its own from the parameters alone; what it cannot make is one that
+  clients accept, because clients verify secret tags keyed by HKDF of this file's
+  decrypted payload (`he_tag.tag_secret`), which server.ctx does not hold.
 
 Both share one layout: ``MAGIC``, a 4-byte big-endian header length, a JSON header,
 then the payload. The header names the file kind, format version, parameter set,
@@ -19,10 +22,12 @@ of client.key makes decryption fail.
 
 from __future__ import annotations
 
+import errno
 import getpass
 import json
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +53,7 @@ from fedsim.privacy.he import (
     secret_context_bytes,
     slot_count,
 )
+from fedsim.privacy.he_tag import tag_secret
 
 MAGIC = b"FEDSIM-HE\n"
 FORMAT_VERSION = 2  # 2: symmetric-key contexts and a random key id
@@ -59,6 +65,7 @@ SERVER_KIND = "server-public-context"
 PASSPHRASE_ENV = "FEDSIM_HE_PASSPHRASE"
 _CIPHER = "AES-256-GCM"
 _HEADER_LIMIT = 64 * 1024
+KEY_FILE_LIMIT = 16 * 1024 * 1024  # a default-set client.key is ~0.3 MiB
 _LENGTH_BYTES = 4
 
 
@@ -155,10 +162,30 @@ def unpack(data: bytes, *, source: str) -> KeyFile:
     )
 
 
+def read_regular(path: Path, limit: int) -> bytes:
+    """Read a regular file of at most `limit` bytes; never a device, FIFO or socket.
+
+    Opened non-blocking (a FIFO cannot hang the open) and checked with fstat before
+    any byte is read, so /dev/zero or a pipe costs nothing.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if info.st_size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            return handle.read(limit + 1)[:limit]
+    finally:
+        os.close(fd)
+
+
 def _read(path: Path, kind: str) -> KeyFile:
     """Read and parse a key file, requiring the given kind."""
     try:
-        data = path.read_bytes()
+        data = read_regular(path, KEY_FILE_LIMIT)
     except OSError as err:
         raise KeyFileError(f"cannot read key file {path}: {err.strerror}") from err
     parsed = unpack(data, source=str(path))
@@ -257,10 +284,30 @@ def _seal(secret: bytes, common: dict, passphrase: str, kdf: ScryptParams) -> by
 # --- loading --------------------------------------------------------------------
 
 
+class ClientKeySet(NamedTuple):
+    """What a client holds: the secret context, the tag secret, the set's fingerprint."""
+
+    context: ts.Context
+    tag_secret: bytes
+    fingerprint: str
+
+
 def load_client_context(
     path: str | Path, passphrase: str, *, expect_fingerprint: str | None = None
 ) -> ts.Context:
     """Decrypt client.key into the secret context, checked against a fingerprint."""
+    return load_client_keys(path, passphrase, expect_fingerprint=expect_fingerprint).context
+
+
+def load_client_keys(
+    path: str | Path, passphrase: str, *, expect_fingerprint: str | None = None
+) -> ClientKeySet:
+    """Decrypt client.key: the secret context and the tag secret derived from it.
+
+    The tag secret is HKDF of the decrypted payload, which only passphrase holders can
+    read (server.ctx holds neither); see `he_tag`. `path` is read with a size cap and
+    only if it is a regular file (no device, FIFO or socket).
+    """
     _check_passphrase(passphrase)
     parsed = _read(Path(path), CLIENT_KIND)
     _match_fingerprint(path, parsed.header.get("fingerprint"), expect_fingerprint)
@@ -277,7 +324,8 @@ def load_client_context(
         )
     # The header (fingerprint included) is the AEAD's associated data: it is bound
     # to this secret key as written by `provision`.
-    return ctx
+    return ClientKeySet(context=ctx, tag_secret=tag_secret(secret),
+                        fingerprint=str(parsed.header.get("fingerprint")))
 
 
 def _open(parsed: KeyFile, passphrase: str, *, source: str) -> bytes:

@@ -35,15 +35,30 @@ def _last_known(series: Series | None) -> float | None:
     return values[-1] if values else None
 
 
+def ledger_setting(run: RunData, name: str) -> str:
+    """A DP setting as the ledger recorded it: one value, or the range across clients.
+
+    The config may hold no value (noise calibrated per client from --target-epsilon,
+    delta derived from each client's size); the ledger has what was used. Without
+    ledger records the config's value is shown.
+    """
+    values = sorted({getattr(r, name) for r in run.ledger if r.steps > 0})
+    if not values:
+        return fmt(run.config.get(name))
+    if len(values) == 1:
+        return fmt(values[0])
+    return f"{fmt(values[0])} to {fmt(values[-1])} (per client)"
+
+
 def _runs_table(runs: list[RunData], labels: list[str]) -> Table:
     """One row per run: its privacy settings and where it ended."""
     rows = []
     for run, label in zip(runs, labels, strict=True):
         config = run.config
         accuracy = accuracy_for_compare(run)
-        rows.append((label, fmt(run.dp_on), fmt(config.get("noise_multiplier")),
+        rows.append((label, fmt(run.dp_on), ledger_setting(run, "noise_multiplier"),
                      fmt(_last_known(epsilon_max_series(run, label))),
-                     fmt(config.get("delta")), fmt(config.get("secure_agg", "none")),
+                     ledger_setting(run, "delta"), fmt(config.get("secure_agg", "none")),
                      fmt(len(run.metrics)), fmt(_last_known(accuracy)),
                      accuracy.label, fmt(run.finished)))
     return Table(headers=("run", "DP", "noise multiplier", "final max ε", "δ",

@@ -83,7 +83,11 @@ def outcome_section(run: RunData) -> Section:
         ("best central test accuracy", fmt(max(central, default=None))),
         ("final federated accuracy", fmt(finite(last.get("fed_accuracy")))),
         ("client updates", fmt(summary.get("client_updates"))),
-        ("wall time of the rounds (s)", fmt(finite(summary.get("rounds_wall_time_s")))),
+        ("wall time (s), command start to last completed round",
+         fmt(finite(summary.get("wall_time_s", summary.get("rounds_wall_time_s"))))),
+        ("federated accuracy measured on (examples)",
+         fmt(last.get("fed_examples"))),
+        ("stopped", fmt(summary.get("stop_reason"))),
     )
     return Section(title="Outcome", blocks=(
         Table(headers=("measure", "value"), rows=rows, numeric=(1,)),))
@@ -162,6 +166,13 @@ def _train_examples(run: RunData, client_id: int) -> str:
     return fmt(entry.get("train"))
 
 
+def _exhausted_cell(client: ClientPrivacy) -> str:
+    """The round a client ran out of budget, or why there is none."""
+    if client.exhausted_round is not None:
+        return str(client.exhausted_round)
+    return "—" if client.remaining is None else "not refused"
+
+
 def top_clients_section(run: RunData, clients: list[ClientPrivacy]) -> Section:
     """List the clients nearest their budget (or with the highest ε)."""
     chosen = nearest_budget(clients, TOP_CLIENTS)
@@ -176,7 +187,7 @@ def top_clients_section(run: RunData, clients: list[ClientPrivacy]) -> Section:
                   str(c.released_updates),
                   str(sum(r.steps for r in c.records if r.spends)),
                   _train_examples(run, c.client_id),
-                  fmt(c.exhausted_round)) for c in chosen)
+                  _exhausted_cell(c)) for c in chosen)
     table = Table(headers=("client", "final ε (server)", "final ε (site)", "δ", "budget",
                            "budget left", "updates released", "updates used",
                            "DP-SGD steps", "train examples", "exhausted in round"),
@@ -187,7 +198,11 @@ def top_clients_section(run: RunData, clients: list[ClientPrivacy]) -> Section:
         Paragraph(text="Final ε (server): the server's ledger, privacy/ledger.jsonl "
                        f"(each client's last record); final ε (site): {sites}. "
                        "Released updates all count, used or not; the exact values "
-                       "and every round's ε are in privacy.json."), table))
+                       "and every round's ε are in privacy.json. A client is "
+                       "exhausted in the round it refused because training would take it "
+                       "past its budget, or whose ε reached the budget; \"not refused\" "
+                       "means it was not sampled again after its last round, even if what "
+                       "is left is less than one more round would cost."), table))
 
 
 def accuracy_section(run: RunData) -> Section:
@@ -225,8 +240,14 @@ def participation_section(run: RunData, clients: list[ClientPrivacy]) -> Section
     if run.dp_on:
         counts["budget exhausted (so far)"] = exhausted_counts(run, clients)
     counts |= {"rejected": column("rejected"), "failed": column("failed")}
-    fig = plots.count_bars(rounds, counts, "Clients per round")
-    caption = "Clients per round: " + ", ".join(counts)
+    # a count that is 0 in every round is named, not drawn (its line would hide
+    # under another one at zero)
+    zero = [name for name, values in counts.items() if not any(values)]
+    drawn = {name: values for name, values in counts.items() if name not in zero}
+    fig = plots.count_bars(rounds, drawn or counts, "Clients per round")
+    caption = "Clients per round: " + ", ".join(drawn or counts)
+    if zero and drawn:
+        caption += "; 0 in every round (not drawn): " + ", ".join(zero)
     return Section(title=title, blocks=(
         Image(name="clients_per_round", png=plots.png_bytes(fig), caption=caption),))
 

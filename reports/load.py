@@ -294,9 +294,12 @@ def load_run(run_dir: Path) -> RunData:
     config = _read_json(run_dir / "config.json", warnings,
                         why="no configuration table, DP/HE settings unknown") or {}
     metrics = _metrics(run_dir, warnings)
-    parts = {"summary": _read_json(run_dir / "summary.json", warnings),
+    summary = _read_json(run_dir / "summary.json", warnings)
+    # a deployment's server never sees the sites' data: no partitions.json by design
+    deployed = (summary or {}).get("mode") == "deployment"
+    parts = {"summary": summary,
              "partitions": _read_json(run_dir / "partitions.json", warnings,
-                                      why="no per-client data sizes")}
+                                      why=None if deployed else "no per-client data sizes")}
     ledger, has_ledger = _ledger(run_dir, warnings)
     federation = _read_json(run_dir / "federation.json", []) or {}
     sites = _site_ledgers(run_dir, federation.get("run_id"), warnings)

@@ -129,14 +129,23 @@ def accuracy_loss_figure(accuracy: Sequence[Series], loss: Sequence[Series]
     return fig
 
 
+LINE_STYLES = ("-", "--", "-.", ":")
+
+
 def count_bars(rounds: Sequence[int], counts: dict[str, Sequence[int]],
                title: str) -> Figure:
-    """Draw grouped bars (one group per round), or step lines for many rounds."""
+    """Draw grouped bars (one group per round), or step lines for many rounds.
+
+    Step lines get their own dash pattern and width (wider first), so lines that
+    coincide over some rounds stay visible on top of each other.
+    """
     fig, (ax,) = _figure()
     width = 0.8 / max(1, len(counts))
     for i, (label, values) in enumerate(counts.items()):
         if len(rounds) > BAR_LIMIT:
-            ax.step(list(rounds), list(values), where="mid", label=label)
+            ax.step(list(rounds), list(values), where="mid", label=label,
+                    linestyle=LINE_STYLES[i % len(LINE_STYLES)],
+                    linewidth=max(1.0, 3.0 - 0.5 * i))
             continue
         offsets = [r - 0.4 + width * (i + 0.5) for r in rounds]
         ax.bar(offsets, list(values), width=width, label=label)

@@ -151,7 +151,10 @@ def _he_protected(he: HEInfo) -> str:
             f"with homomorphic encryption, TenSEAL CKKS{params}): clients encrypt "
             "their updates under a key the server does not hold, the server only adds "
             "ciphertexts and sees no individual update, only the encrypted sum; it "
-            "cannot read the global model either." + fingerprint)
+            "cannot read the global model either. Against a malicious server, clients "
+            "decrypt and use a global only if its secret tags show it is one round's "
+            "sum of distinct clients' contributions (not forged, shifted, scaled, "
+            "replayed or a single client's update)." + fingerprint)
 
 
 def _not_protected(facts: PrivacyFacts) -> list[str]:
@@ -177,6 +180,13 @@ def _not_protected(facts: PrivacyFacts) -> list[str]:
                      "the key holder, or the server colluding with any client; every "
                      "client holds the secret key and can decrypt an update it gets "
                      "hold of.")
+        items.append("Which clients are summed: a malicious server may drop "
+                     "contributions; with two contributors each learns the other's "
+                     "update (sites raise he-min-contributors to bound this).")
+        items.append("Simulation: one machine holds every key (the run folder's he/ "
+                     "holds client.key and its passphrase beside server.ctx), so the "
+                     "separation between server and clients is real only in a "
+                     "deployment.")
     decrypted = " (after decrypting it)" if facts.he.on else ""
     items.append("What clients see: every participating client receives the global "
                  f"model in the clear{decrypted}"

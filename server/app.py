@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -13,6 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedsim import protocol
 from fedsim.client.training import evaluate, resolve_device
 from fedsim.config import RunConfig
+from fedsim.errors import RunInterrupted
 from fedsim.fedmodels.models import ModelSpec, build_model
 from fedsim.fedmodels.store import open_store
 from fedsim.protocol import is_encrypted
@@ -31,8 +33,9 @@ class HEPlan:
 
     server_context_path: str
     fingerprint: str
-    client_key_path: str  # where clients find their key file (sent to them)
-    passphrase_file: str | None = None  # simulation only; deployments use the env
+    client_key_path: str  # simulation: the run folder's he/client.key (deployment sites
+    passphrase_file: str | None = None  # ignore both and use their own node config)
+    run_id: str = ""  # bound into every tag; empty: Flower's run id
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,6 +53,8 @@ class ServerPlan:
     handshake_timeout: float = 120.0
     resume_round: int = 0  # rounds already completed (a resumed run)
     resume_arrays: ArrayRecord | None = None  # the global state after that round
+    # set from outside (SIGINT/SIGTERM) to end the run after the last completed round
+    stop: threading.Event = field(default_factory=threading.Event)
 
 
 def client_settings(plan: ServerPlan) -> dict:
@@ -85,6 +90,8 @@ def client_settings(plan: ServerPlan) -> dict:
             "key_path": plan.he.client_key_path,
             "passphrase_file": plan.he.passphrase_file,
             "fingerprint": plan.he.fingerprint,
+            "run_id": plan.he.run_id,
+            "clients": cfg.clients,
         }
     return settings
 
@@ -110,13 +117,15 @@ class CentralEvaluator:
 
 
 def _round_end_hook(strategy: FedsimFedAvg, evaluator: CentralEvaluator | None,
-                    listener: RoundListener):
+                    listener: RoundListener, completed: dict):
+    """The end-of-round hook; `completed` keeps the last recorded round and its state."""
     def hook(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0 and strategy.round_offset:
             return None  # a resumed run: the initial evaluation was done before
         server_round += strategy.round_offset
         if strategy.stop_reason is not None and strategy.stats.clients_sampled == 0:
             return None  # the run has ended early; nothing happened this round
+        completed.update(round=server_round, arrays=arrays)
         record: dict = {"round": server_round}
         metrics: dict = {}
         if evaluator is not None:
@@ -128,6 +137,8 @@ def _round_end_hook(strategy: FedsimFedAvg, evaluator: CentralEvaluator | None,
         else:
             record.update(strategy.stats.to_dict())
             record.update(strategy.round_extras())
+            if strategy.stop_reason is not None:  # too few updates: the model is unchanged
+                record["aggregated"] = False
             record["round_time_s"] = time.monotonic() - strategy.stats.started
             listener.on_round(record)
             listener.on_checkpoint(server_round, arrays)
@@ -140,7 +151,7 @@ def make_codec(plan: ServerPlan):
     """Plaintext, or CKKS with server.ctx only (never a secret key)."""
     if plan.he is None:
         return PlainCodec()
-    from fedsim.privacy.he import expected_vector_count
+    from fedsim.privacy.he_tag import Layout, initial_basis
     from fedsim.privacy.keys import load_server_context
     from fedsim.server.he_codec import HECodec
 
@@ -148,7 +159,24 @@ def make_codec(plan: ServerPlan):
                                           expect_fingerprint=plan.he.fingerprint)
     n_params = sum(p.numel() for p in build_model(plan.model).state_dict().values())
     return HECodec(public_context=context, fingerprint=plan.he.fingerprint,
-                   expected_count=expected_vector_count(n_params, params))
+                   layout=Layout(num_params=n_params, num_clients=plan.config.clients),
+                   params_name=params.name,
+                   initial_basis=initial_basis(plan.model.to_dict(), plan.config.seed))
+
+
+def he_min_clients(plan: ServerPlan) -> int:
+    """--min-clients, raised under HE to the clients' default floor of contributors.
+
+    Clients refuse a sum of fewer than 2 distinct contributions (it would show one
+    client's update to the others), so a round with fewer ends the run here, with
+    its reason, instead of every client refusing the next global.
+    """
+    from fedsim.privacy.he_tag import MIN_CONTRIBUTORS
+
+    cfg = plan.config
+    if plan.he is None:
+        return cfg.min_clients
+    return max(cfg.min_clients, min(MIN_CONTRIBUTORS, cfg.clients))
 
 
 def make_strategy(plan: ServerPlan, federation) -> FedsimFedAvg:
@@ -156,7 +184,7 @@ def make_strategy(plan: ServerPlan, federation) -> FedsimFedAvg:
     cfg = plan.config
     common = {"federation": federation, "fraction": cfg.fraction,
               "fraction_evaluate": cfg.fraction, "codec": make_codec(plan),
-              "min_clients": cfg.min_clients, "round_offset": plan.resume_round}
+              "min_clients": he_min_clients(plan), "round_offset": plan.resume_round}
     if not cfg.dp:
         return FedsimFedAvg(**common)
     from fedsim.privacy.accounting import participation_cap
@@ -174,8 +202,15 @@ def make_strategy(plan: ServerPlan, federation) -> FedsimFedAvg:
 def run_server(grid: Grid, plan: ServerPlan, listener: RoundListener) -> None:
     """The ServerApp body: discover clients, run the rounds, hand over the model."""
     cfg = plan.config
-    federation = discover(grid, expected=cfg.clients, seed=cfg.seed,
-                          timeout=plan.handshake_timeout)
+    if plan.he is not None and not plan.he.run_id:
+        plan = replace(plan, he=replace(plan.he, run_id=f"flower-{grid.run.run_id}"))
+    streaming = StreamingGrid(grid, stop=plan.stop)
+    try:
+        federation = discover(streaming, expected=cfg.clients, seed=cfg.seed,
+                              timeout=plan.handshake_timeout)
+    except RunInterrupted:
+        log.info("stop requested before the first round")
+        return
     listener.on_start({"clients": len(federation.nodes)})
     strategy = make_strategy(plan, federation)
     readable = strategy.codec.readable
@@ -188,20 +223,42 @@ def run_server(grid: Grid, plan: ServerPlan, listener: RoundListener) -> None:
         config[protocol.SIM_PRIVACY_DIR] = plan.site_ledger_dir
     initial = (plan.resume_arrays if plan.resume_arrays is not None
                else ArrayRecord(initial_model(plan).state_dict()))
-    streaming = StreamingGrid(grid)
-    result = strategy.start(
-        grid=streaming,
-        initial_arrays=initial,
-        num_rounds=cfg.rounds - plan.resume_round,
-        timeout=cfg.round_timeout,
-        train_config=config,
-        evaluate_config=ConfigRecord(dict(config)),
-        evaluate_fn=_round_end_hook(strategy, evaluator, listener),
-    )
+    completed = {"round": plan.resume_round, "arrays": initial}
+    try:
+        result = strategy.start(
+            grid=streaming,
+            initial_arrays=initial,
+            num_rounds=cfg.rounds - plan.resume_round,
+            timeout=cfg.round_timeout,
+            train_config=config,
+            evaluate_config=ConfigRecord(dict(config)),
+            evaluate_fn=_round_end_hook(strategy, evaluator, listener, completed),
+        )
+    except RunInterrupted:
+        _finish_interrupted(listener, completed, _he_info(plan))
+        return
     strategy.take_late_replies()  # replies that came in after the last round closed
     final = result.arrays if result.arrays is not None and len(result.arrays) else initial
-    listener.on_finish(final, {"stop_reason": strategy.stop_reason,
-                               "encrypted": is_encrypted(final)})
+    info = {"stop_reason": strategy.stop_reason, "encrypted": is_encrypted(final),
+            **_he_info(plan)}
+    listener.on_finish(final, info)
+
+
+def _he_info(plan: ServerPlan) -> dict:
+    """What a key holder needs to verify and decrypt the final model (HE runs)."""
+    if plan.he is None:
+        return {}
+    return {"he": {"run_id": plan.he.run_id, "clients": plan.config.clients,
+                   "fingerprint": plan.he.fingerprint, "model": plan.model.to_dict()}}
+
+
+def _finish_interrupted(listener: RoundListener, completed: dict, he_info: dict) -> None:
+    """Hand over the state of the last completed round; the abandoned one leaves no trace."""
+    final = completed["arrays"]
+    log.info("stop requested: the round in progress is abandoned; the run keeps "
+             "%d completed round(s)", completed["round"])
+    listener.on_finish(final, {"interrupted": True, "rounds_completed": completed["round"],
+                               "encrypted": is_encrypted(final), **he_info})
 
 
 def build_server_app(plan: ServerPlan, listener: RoundListener) -> ServerApp:

@@ -41,6 +41,9 @@ class Codec(Protocol):
     def accumulator(self) -> Accumulator:
         """A fresh running sum for one round."""
 
+    def start_round(self, server_round: int, global_arrays: ArrayRecord) -> None:
+        """Called as a round sends out `global_arrays` (the HE codec binds to it)."""
+
     def contribution(self, msg: Message, global_arrays: ArrayRecord, weight: float) -> list:
         """The reply's weighted contribution, or raise Rejected."""
 
@@ -61,6 +64,9 @@ class PlainCodec:
     def accumulator(self) -> Accumulator:
         """A fixed-point running sum."""
         return FixedPointAccumulator()
+
+    def start_round(self, server_round: int, global_arrays: ArrayRecord) -> None:
+        """Nothing to bind in plaintext."""
 
     def contribution(self, msg: Message, global_arrays: ArrayRecord, weight: float) -> list:
         """Check the layout and finiteness, then scale by the weight."""

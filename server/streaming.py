@@ -8,15 +8,21 @@ the number of clients sampled per round. Messages still unanswered at the timeou
 are counted (`last_timeouts`) for the round's failure statistics, and remembered:
 `late_replies()` pulls the replies that arrive for them later (a DP client's late
 update was released all the same, so the privacy ledger must record it).
+
+A stop event (set on SIGINT/SIGTERM) ends the wait at once: the pull loop raises
+RunInterrupted instead of waiting out the round timeout for replies nobody will use.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Iterator
 
 from flwr.app import Message
 from flwr.serverapp import Grid
+
+from fedsim.errors import RunInterrupted
 
 PULL_INTERVAL_S = 0.05
 MAX_UNANSWERED = 10_000  # late replies are looked for this many messages back
@@ -25,18 +31,26 @@ MAX_UNANSWERED = 10_000  # late replies are looked for this many messages back
 class StreamingGrid:
     """Delegates to a Flower Grid; only send_and_receive differs."""
 
-    def __init__(self, grid: Grid, *, pull_interval: float = PULL_INTERVAL_S) -> None:
+    def __init__(self, grid: Grid, *, pull_interval: float = PULL_INTERVAL_S,
+                 stop: threading.Event | None = None) -> None:
         self._grid = grid
         self.pull_interval = pull_interval
+        self.stop = stop or threading.Event()  # never set unless the caller sets it
         self.last_timeouts: list[int] = []  # destination node ids that never replied
         self._unanswered: dict[str, int] = {}  # message id -> node, past its round
 
     def __getattr__(self, name: str):
         return getattr(self._grid, name)
 
+    def check_stop(self) -> None:
+        """Raise RunInterrupted if a stop was requested."""
+        if self.stop.is_set():
+            raise RunInterrupted("stop requested; pending replies abandoned")
+
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterator[Message]:
         """Push all messages, then yield replies one by one as they arrive."""
+        self.check_stop()
         messages = list(messages)
         destinations = {}
         ids = []
@@ -51,12 +65,13 @@ class StreamingGrid:
         self.last_timeouts = []
         end = None if timeout is None else time.monotonic() + timeout
         while pending and (end is None or time.monotonic() < end):
+            self.check_stop()
             replies = list(self._grid.pull_messages(pending))
             for reply in replies:
                 pending.discard(reply.metadata.reply_to_message_id)
                 yield reply
             if not replies:
-                time.sleep(self.pull_interval)
+                self.stop.wait(self.pull_interval)
         self.last_timeouts = sorted(destinations[m] for m in pending)
         for msg_id in pending:
             self._unanswered[msg_id] = destinations[msg_id]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
 import resource
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -15,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from fedsim.errors import ConfigError
 
 
 def _umask() -> int:
@@ -47,10 +51,44 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
-def fresh_run_dir(out: str | None, base: str = "runs") -> Path:
-    """The requested folder, or a new runs/<timestamp> one (suffixed if taken)."""
+RUN_MARKERS = ("config.json", "federation.json")  # what `fedsim run` writes at its start
+
+
+def is_run_folder(path: Path) -> bool:
+    """True when `path` holds what `fedsim run` writes at its start (both markers).
+
+    Only such a folder is ever replaced by --force: a folder of the user's that just
+    happens to hold a config.json is not.
+    """
+    return all((path / name).is_file() for name in RUN_MARKERS)
+
+
+def check_out_dir(out: str | None, *, force: bool = False) -> None:
+    """Refuse an --out that would overwrite a run (unless forced) or unrelated files."""
+    if not out:
+        return
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder; choose a new folder")
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    if not is_run_folder(path):
+        raise ConfigError(f"--out {out} is a folder with other files in it (no fedsim "
+                          "run); choose a new or empty folder")
+    if not force:
+        raise ConfigError(f"--out {out} already holds a run: continue it with "
+                          f"`fedsim run --resume {out}`, or add --force to replace it")
+
+
+def fresh_run_dir(out: str | None, base: str = "runs", *, replace: bool = False) -> Path:
+    """The requested folder, or a new runs/<timestamp> one (suffixed if taken).
+
+    `replace` deletes a run folder already at `out` (after `check_out_dir` allowed it).
+    """
     if out:
         path = Path(out)
+        if replace and path.is_dir() and is_run_folder(path):
+            shutil.rmtree(path)
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         path = Path(base) / stamp
@@ -63,12 +101,31 @@ def fresh_run_dir(out: str | None, base: str = "runs") -> Path:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RunClock:
+    """The run's one wall time: this command's seconds plus earlier sessions'.
+
+    `started` is `time.monotonic()` when the command started (before data
+    preparation and Ray start); `prior_s` is the wall time a resumed run had
+    reached at its last completed round (what state.json recorded). Time spent on
+    a round that was interrupted and never completed is not carried over.
+    """
+
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    prior_s: float = 0.0
+
+    def elapsed(self) -> float:
+        """Seconds of wall time the run has taken so far."""
+        return self.prior_s + (time.monotonic() - self.started)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Checkpoint:
     """The last completed round of a run folder and its global state."""
 
     round: int
     arrays: dict[str, np.ndarray]  # in the global record's key order
     rows: list[dict]  # metrics.jsonl rows up to that round
+    wall_time_s: float = 0.0  # the run's wall time when that round completed
 
 
 def load_checkpoint(run_dir: Path) -> Checkpoint | None:
@@ -85,24 +142,28 @@ def load_checkpoint(run_dir: Path) -> Checkpoint | None:
     if metrics.is_file():
         rows = [json.loads(line) for line in metrics.read_text().splitlines() if line]
     rows = [r for r in rows if r.get("round", 0) <= state["round"]]
-    return Checkpoint(round=int(state["round"]), arrays=arrays, rows=rows)
+    return Checkpoint(round=int(state["round"]), arrays=arrays, rows=rows,
+                      wall_time_s=float(state.get("wall_time_s", 0.0)))
 
 
 class RunRecorder:
     """Listens to the server and keeps the run folder's files current."""
 
-    def __init__(self, run_dir: Path, *, resume_rows: list[dict] | None = None) -> None:
+    def __init__(self, run_dir: Path, *, resume_rows: list[dict] | None = None,
+                 clock: RunClock | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.rows: list[dict] = list(resume_rows or [])
         self.initial: dict | None = None
-        self.started = time.monotonic()
+        self.clock = clock or RunClock()
+        self.wall_time_s: float | None = None  # frozen when the rounds end
+        # at the last completed round (a resumed run starts from its earlier sessions')
+        self.checkpoint_wall_s: float | None = self.clock.prior_s or None
         self.finished = False
         self.info: dict = {}
 
     def on_start(self, info: dict) -> None:
         """Remember what the server found (number of clients, ...)."""
         self.info = dict(info)
-        self.started = time.monotonic()
 
     def on_round(self, record: dict) -> None:
         """Append one round to metrics.jsonl (rewritten whole, atomically)."""
@@ -119,9 +180,10 @@ class RunRecorder:
         buffer = io.BytesIO()
         np.savez(buffer, **{k: arrays[k].numpy() for k in arrays.keys()})
         atomic_write_bytes(folder / "global.npz", buffer.getvalue())
+        self.checkpoint_wall_s = self.clock.elapsed()
         atomic_write_json(folder / "state.json", {
             "round": server_round, "keys": list(arrays.keys()),
-            "metrics_rows": len(self.rows)})
+            "metrics_rows": len(self.rows), "wall_time_s": self.checkpoint_wall_s})
 
     def on_finish(self, final, info: dict) -> None:
         """Save the final global state: model.pt, or the encrypted sum under HE."""
@@ -130,17 +192,23 @@ class RunRecorder:
             buffer = io.BytesIO()
             np.savez(buffer, **arrays)
             atomic_write_bytes(self.run_dir / "model_encrypted.npz", buffer.getvalue())
+            if info.get("he"):  # run id, layout, model: `fedsim keys decrypt-model` reads it
+                atomic_write_json(self.run_dir / "model_encrypted.json", info["he"])
         else:
             buffer = io.BytesIO()
             torch.save(final.to_torch_state_dict(), buffer)
             atomic_write_bytes(self.run_dir / "model.pt", buffer.getvalue())
         self.info["stop_reason"] = info.get("stop_reason")
         self.info["model_encrypted"] = bool(info.get("encrypted"))
-        self.finished = True
+        interrupted = bool(info.get("interrupted"))
+        # an abandoned round is no part of the run: its time is not counted
+        self.wall_time_s = (self.checkpoint_wall_s if interrupted and self.checkpoint_wall_s
+                            else self.clock.elapsed())
+        self.finished = not interrupted
 
     def summary(self, extra: dict | None = None) -> dict:
-        """Totals over the recorded rounds."""
-        wall = time.monotonic() - self.started
+        """Totals over the recorded rounds (all sessions of a resumed run)."""
+        wall = self.wall_time_s if self.wall_time_s is not None else self.clock.elapsed()
         updates = sum(r.get("clients_replied", 0) for r in self.rows)
         last = self.rows[-1] if self.rows else {}
         central = [r["central_accuracy"] for r in self.rows
@@ -148,13 +216,19 @@ class RunRecorder:
         best = max(central, default=None)
         return {
             "finished": self.finished,
-            "rounds_completed": len(self.rows),
+            # a round that ended the run with too few updates did not change the model
+            "rounds_completed": sum(1 for r in self.rows if r.get("aggregated", True)),
             "final_central_accuracy": last.get("central_accuracy"),
             "best_central_accuracy": best,
             "final_federated_accuracy": last.get("fed_accuracy"),
+            "final_federated_examples": last.get("fed_examples"),
+            "final_eps_max": last.get("eps_max"),
+            "final_eps_median": last.get("eps_median"),
             "initial_central_accuracy": (self.initial or {}).get("central_accuracy"),
             "client_updates": updates,
-            "rounds_wall_time_s": wall,
+            # from the command's start (data, Ray, handshake included) to the end of
+            # the last round, summed over the sessions of a resumed run
+            "wall_time_s": wall,
             "client_updates_per_s": updates / wall if wall > 0 else None,
             "bytes_sent": sum(r.get("bytes_sent", 0) for r in self.rows),
             "bytes_received": sum(r.get("bytes_received", 0) for r in self.rows),

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import secrets
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +21,14 @@ from fedsim.server.hooks import Listeners, RoundListener
 from fedsim.simulations.prepare import Prepared, prepare
 from fedsim.simulations.rundir import (
     Checkpoint,
+    RunClock,
     RunRecorder,
     atomic_write_json,
+    check_out_dir,
     fresh_run_dir,
     load_checkpoint,
 )
+from fedsim.simulations.signals import StopOnSignals
 
 DEFAULT_GPU_SHARE = 0.2  # clients per GPU = 5 when the user sets no --gpus-per-client
 
@@ -35,6 +39,7 @@ class RunOutcome:
 
     run_dir: Path
     summary: dict
+    interrupted: int | None = None  # the signal that stopped the run, if one did
 
 
 def cuda_available() -> bool:
@@ -107,30 +112,51 @@ def provision_simulation_keys(cfg: RunConfig, run_dir: Path) -> HEPlan:
     """A fresh HE key set inside the run folder, provisioned as `fedsim keys init` does.
 
     In simulation every client runs on this machine, so the client key file's
-    passphrase is a random one kept in a 0600 file beside it; the server side is
-    only ever given server.ctx (parameters, no key).
+    passphrase is a random one kept in a 0600 file beside it, in a 0700 folder. The
+    strategy is only ever given server.ctx (parameters, no key), but the process that
+    hosts it could read he/: one machine holds every key in a simulation, so the
+    server/client separation is real only in a deployment.
     """
     from fedsim.privacy.he import PARAMETER_SETS
     from fedsim.privacy.keys import provision
 
-    folder = run_dir / "he"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = he_folder(run_dir)
     passphrase = secrets.token_urlsafe(32)
     pass_file = folder / "passphrase"
     fd = os.open(pass_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(passphrase)
     keys = provision(folder, params=PARAMETER_SETS[cfg.he_params], passphrase=passphrase)
-    return HEPlan(server_context_path=str(keys.server_context_path),
-                  fingerprint=keys.fingerprint,
-                  client_key_path=str(keys.client_key_path),
-                  passphrase_file=str(pass_file))
+    return _he_plan(folder, keys.fingerprint)
 
 
-def start_run(cfg: RunConfig) -> PreparedRun:
-    """Check the config against the data, make the run folder, write config and data."""
+def he_folder(run_dir: Path) -> Path:
+    """The run folder's he/, created private to this user (0700, whatever the umask)."""
+    folder = (Path(run_dir) / "he").resolve()
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(folder, 0o700)
+    return folder
+
+
+def _he_plan(folder: Path, fingerprint: str) -> HEPlan:
+    """The run's HE plan: absolute paths inside its he/, its key set's fingerprint.
+
+    Each simulation has its own key set, so its fingerprint doubles as the run id
+    bound into every tag (stable when the run is resumed).
+    """
+    return HEPlan(server_context_path=str(folder / "server.ctx"), fingerprint=fingerprint,
+                  client_key_path=str(folder / "client.key"),
+                  passphrase_file=str(folder / "passphrase"), run_id=f"sim-{fingerprint}")
+
+
+def start_run(cfg: RunConfig, *, force: bool = False) -> PreparedRun:
+    """Check the config against the data, make the run folder, write config and data.
+
+    An --out folder that already holds a run is refused unless `force` (then replaced).
+    """
     client_resources(cfg)  # fail early on an impossible device request
-    run_dir, prepared = prepare(cfg, lambda: fresh_run_dir(cfg.out))
+    check_out_dir(cfg.out, force=force)
+    run_dir, prepared = prepare(cfg, lambda: fresh_run_dir(cfg.out, replace=force))
     he = provision_simulation_keys(cfg, run_dir) if cfg.secure_agg == "he" else None
     run_id = secrets.token_hex(8)
     atomic_write_json(run_dir / "federation.json", {
@@ -144,25 +170,33 @@ def start_run(cfg: RunConfig) -> PreparedRun:
 
 def simulate(cfg: RunConfig, *, listener: RoundListener | None = None,
              verbose: bool = False, started: PreparedRun | None = None,
-             client_app=None) -> RunOutcome:
+             client_app=None, started_at: float | None = None) -> RunOutcome:
     """Prepare (unless `started` is given) and run a whole simulation.
 
-    `client_app` replaces fedsim's ClientApp (tests inject faulty clients this way).
+    `client_app` replaces fedsim's ClientApp (tests inject faulty clients this way);
+    `started_at` is the `time.monotonic()` the run's wall time counts from (the CLI
+    passes its own start; default: now).
     """
+    clock = RunClock() if started_at is None else RunClock(started=started_at)
     quiet_logs(verbose)
     started = started or start_run(cfg)
-    return _execute(started, listener=listener, verbose=verbose, client_app=client_app)
+    return _execute(started, listener=listener, verbose=verbose, client_app=client_app,
+                    clock=clock)
 
 
 def resume(run_dir: str | Path, *, listener: RoundListener | None = None,
-           verbose: bool = False, client_app=None) -> RunOutcome:
+           verbose: bool = False, client_app=None,
+           started_at: float | None = None) -> RunOutcome:
     """Continue a run folder from its last complete round (after a crash or kill)."""
     quiet_logs(verbose)
     run_dir = Path(run_dir)
     started = reopen_run(run_dir)
     checkpoint = load_checkpoint(run_dir)
+    prior = checkpoint.wall_time_s if checkpoint else 0.0
+    clock = (RunClock(prior_s=prior) if started_at is None
+             else RunClock(started=started_at, prior_s=prior))
     return _execute(started, listener=listener, verbose=verbose, client_app=client_app,
-                    checkpoint=checkpoint)
+                    checkpoint=checkpoint, clock=clock)
 
 
 def reopen_run(run_dir: Path) -> PreparedRun:
@@ -180,24 +214,58 @@ def reopen_run(run_dir: Path) -> PreparedRun:
     if cfg.secure_agg == "he":
         from fedsim.privacy.keys import key_info
 
-        folder = run_dir / "he"
-        he = HEPlan(server_context_path=str(folder / "server.ctx"),
-                    fingerprint=key_info(folder / "server.ctx")["fingerprint"],
-                    client_key_path=str(folder / "client.key"),
-                    passphrase_file=str(folder / "passphrase"))
+        folder = he_folder(run_dir)
+        he = _he_plan(folder, str(key_info(folder / "server.ctx")["fingerprint"]))
     return PreparedRun(config=cfg, run_dir=run_dir, prepared=prepared, he=he,
                        run_id=str(fed.get("run_id") or run_dir.resolve()))
 
 
-def _execute(started: PreparedRun, *, listener, verbose: bool, client_app,
-             checkpoint: Checkpoint | None = None) -> RunOutcome:
+def _start_ray(init_args: dict) -> None:
+    """Start (or connect to) Ray here, so that our signal handlers can follow its own.
+
+    Flower's Ray backend then finds Ray up and uses it. Workers get this process's
+    import path, so ClientApps defined outside the installed package load there too.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    path = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+    os.environ["PYTHONPATH"] = path
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}},
+             **{"include_dashboard": False, **init_args})
+
+
+def _run_federation(plan: ServerPlan, listeners: Listeners, client_app, cfg: RunConfig,
+                    *, verbose: bool, stop: StopOnSignals) -> None:
+    """Flower's simulation on Ray, with SIGINT/SIGTERM turned into a clean stop."""
     from flwr.simulation import run_simulation
 
+    backend = backend_config(cfg, verbose=verbose)
+    with stop:
+        _start_ray(backend["init_args"])
+        stop.install()  # ray.init replaced the SIGTERM handler with its own
+        if stop.event.is_set():
+            return
+        run_simulation(
+            server_app=build_server_app(plan, listeners),
+            client_app=client_app,
+            num_supernodes=cfg.clients,
+            backend_config=backend,
+            verbose_logging=verbose,
+        )
+
+
+def _execute(started: PreparedRun, *, listener, verbose: bool, client_app,
+             checkpoint: Checkpoint | None = None,
+             clock: RunClock | None = None) -> RunOutcome:
     if client_app is None:
         from fedsim.client.app import app as client_app
     cfg, run_dir, prepared = started.config, started.run_dir, started.prepared
-    recorder = RunRecorder(run_dir, resume_rows=checkpoint.rows if checkpoint else None)
+    recorder = RunRecorder(run_dir, resume_rows=checkpoint.rows if checkpoint else None,
+                           clock=clock)
     listeners = Listeners(recorder, *([listener] if listener else []))
+    stop = StopOnSignals(second_signal_note=f"Resume with: fedsim run --resume {run_dir}")
     plan = ServerPlan(
         config=cfg, model=prepared.model, data_dir=str(prepared.data_dir.resolve()),
         ledger_path=str(run_dir / "privacy" / "ledger.jsonl") if cfg.dp else None,
@@ -208,20 +276,22 @@ def _execute(started: PreparedRun, *, listener, verbose: bool, client_app,
         resume_round=checkpoint.round if checkpoint else 0,
         resume_arrays=(ArrayRecord({k: Array(v) for k, v in checkpoint.arrays.items()})
                        if checkpoint else None),
+        stop=stop.event,
     )
-    run_simulation(
-        server_app=build_server_app(plan, listeners),
-        client_app=client_app,
-        num_supernodes=cfg.clients,
-        backend_config=backend_config(cfg, verbose=verbose),
-        verbose_logging=verbose,
-    )
+    _run_federation(plan, listeners, client_app, cfg, verbose=verbose, stop=stop)
+    # a signal that came after the last round changes nothing: the run is complete
+    interrupted = stop.signum if stop.signum is not None and not recorder.finished else None
     extra = {"num_parameters": prepared.num_parameters, "model": cfg.model,
-             "dataset": cfg.dataset, "resumed_from_round": plan.resume_round or None}
+             "dataset": cfg.dataset, "resumed_from_round": plan.resume_round or None,
+             "interrupted": stop.name if interrupted else None}
+    if interrupted:
+        done = recorder.rows[-1]["round"] if recorder.rows else 0
+        extra["stop_reason"] = (f"interrupted by {stop.name} after round {done} of "
+                                f"{cfg.rounds}; continue with: fedsim run --resume {run_dir}")
     if started.he is not None:
         extra["he_fingerprint"] = started.he.fingerprint
     if cfg.dp:
         extra["dp_against_server"] = not cfg.insecure_reproducible_noise
     summary = recorder.summary(extra)
     atomic_write_json(run_dir / "summary.json", summary)
-    return RunOutcome(run_dir=run_dir, summary=summary)
+    return RunOutcome(run_dir=run_dir, summary=summary, interrupted=interrupted)

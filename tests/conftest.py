@@ -18,7 +18,8 @@ def fedsim_cmd(*args: str) -> list[str]:
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"team data folder {SHARED_DATA} is absent")
+        pytest.skip(f"needs local dataset files (MNIST IDX, AG News CSV) in {SHARED_DATA}, "
+                    "which fedsim does not ship")
     return SHARED_DATA
 
 

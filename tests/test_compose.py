@@ -62,7 +62,8 @@ def test_test_commands_use_the_same_flags(compose, tmp_path):
     """The test's argv differ from compose's in paths and ports only."""
     link = commands.superlink_argv(commands.SuperLinkSetup(
         ca="a", cert="b", key="c", database="d", host="127.0.0.1", port=1))
-    assert flags(link) == flags(compose["services"]["superlink"]["command"])
+    wrapped = commands.gateway_argv(commands.GatewaySetup(ca="a", cert="b", key="c"), link)
+    assert flags(wrapped) == flags(compose["services"]["superlink"]["command"])
     site = commands.supernode_argv(commands.SiteSetup(
         superlink="x:1", ca="a", node_key="k", partition_id=0, data_dir="d",
         policy="p", he_key="h", runtime_port=2))
@@ -106,6 +107,32 @@ def test_enrollment_sees_public_keys_only(compose):
     assert set(found) == {CONTAINER.ca, CONTAINER.public_keys}
 
 
+def test_superlink_listens_on_its_loopback_behind_the_gateway(compose):
+    argv = compose["services"]["superlink"]["command"]
+    assert argv[:3] == ["python", "-m", "fedsim.deploy.gateway"]
+    link = argv[argv.index("--") + 1:]
+    assert link[0] == "flower-superlink"
+    assert link[link.index("--host") + 1] == "127.0.0.1"
+    upstream = f"127.0.0.1:{link[link.index('--port') + 1]}"
+    assert argv[argv.index("--upstream") + 1] == upstream
+    assert "--enable-supernode-auth" in link
+
+
+def test_enrollment_uses_the_control_door_on_the_superlinks_loopback(compose):
+    enroll = compose["services"]["enroll"]
+    assert enroll["network_mode"] == "service:superlink"
+    argv = enroll["command"]
+    assert argv[argv.index("--superlink") + 1] == f"127.0.0.1:{commands.CONTROL_PORT}"
+
+
+def test_only_the_superlink_builds_the_image(compose):
+    services = compose["services"]
+    assert "build" in services["superlink"]
+    assert [name for name, svc in services.items() if "build" in svc] == ["superlink"]
+    images = {svc["image"] for svc in services.values()}
+    assert images == {"fedsim:cpu"}
+
+
 def test_health_checks(compose):
     services = compose["services"]
     link = services["superlink"]["healthcheck"]["test"]
@@ -130,8 +157,10 @@ def test_restart_policies_and_order(compose):
 
 def test_superlink_port_and_passphrase_from_the_environment(compose):
     services = compose["services"]
-    assert services["superlink"]["ports"] == [f"{commands.SUPERLINK_PORT}:"
-                                              f"{commands.SUPERLINK_PORT}"]
+    # the fleet door on the network, the control door on the host's loopback only
+    assert services["superlink"]["ports"] == [
+        f"0.0.0.0:{commands.SUPERLINK_PORT}:{commands.SUPERLINK_PORT}",
+        f"127.0.0.1:{commands.CONTROL_PORT}:{commands.CONTROL_PORT}"]
     raw = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     for site in SITES:
         # the passphrase comes from the site's environment at run time
@@ -152,8 +181,11 @@ def test_app_defaults_match_the_container_paths():
 
 def test_dockerfile():
     text = (ROOT / "Dockerfile").read_text()
-    assert "ARG TARGET=cpu" in text and "FROM base-${TARGET}" in text
-    assert re.search(r"FROM nvidia/cuda:\S+ AS base-gpu", text)
+    # one base, named by BASE, for every stage: the legacy builder pulls nothing else
+    assert "ARG BASE=python:3.11-slim" in text
+    assert re.findall(r"^FROM (\S+)", text, re.MULTILINE) == ["${BASE}", "${BASE}"]
+    assert "COPY --from=build /opt/venv /opt/venv" in text
+    assert "python -P -c" in text  # the installed package, not the source folder
     assert re.search(r"^USER fedsim$", text, re.MULTILINE)
     copied = re.findall(r"^COPY (\S+)", text, re.MULTILINE)
     assert copied and not any(c in (".", "deployment", "runs") for c in copied)

@@ -43,6 +43,8 @@ def test_too_few_replies_stop_the_run_cleanly(tmp_path):
     assert rows[0]["clients_replied"] == 2 and rows[0]["rejected"] == 3
     assert rows[0]["failed"] == 1
     assert "fewer than --min-clients 3" in outcome.summary["stop_reason"]
+    assert "model of round 0" in outcome.summary["stop_reason"]
+    assert rows[0]["aggregated"] is False and outcome.summary["rounds_completed"] == 0
     assert rows[0]["central_accuracy"] == outcome.summary["initial_central_accuracy"]
     assert (outcome.run_dir / "model.pt").is_file()
 

@@ -1,11 +1,16 @@
 """Secure aggregation end to end: real TenSEAL in a real Ray simulation."""
 
 import json
+import stat
 
 import numpy as np
 import pytest
+import torch
+from typer.testing import CliRunner
 
+from fedsim.cli.keys import app as keys_app
 from fedsim.config import build_config
+from fedsim.errors import ConfigError
 from fedsim.fedmodels.models import ModelSpec
 from fedsim.privacy.he import PARAMETER_SETS
 from fedsim.privacy.keys import key_info, provision
@@ -40,6 +45,28 @@ def test_he_run_matches_plaintext_run(tmp_path, monkeypatch):
     assert not (he.run_dir / "model.pt").exists()
     info = key_info(he.run_dir / "he" / "server.ctx")
     assert info["secret_key"] is False
+    assert stat.S_IMODE((he.run_dir / "he").stat().st_mode) == 0o700
+    _decrypted_model_matches_plaintext(he.run_dir, plain.run_dir)
+
+
+def _decrypted_model_matches_plaintext(he_dir, plain_dir):
+    """`fedsim keys decrypt-model` verifies and writes the run's model.pt."""
+    env = {"FEDSIM_HE_PASSPHRASE": (he_dir / "he" / "passphrase").read_text().strip()}
+    args = ["decrypt-model", str(he_dir), "--key", str(he_dir / "he" / "client.key")]
+    done = CliRunner().invoke(keys_app, args, env=env)
+    assert done.exit_code == 0, done.output
+    assert "verified sum of 4 clients' contributions (0, 1, 2, 3)" in " ".join(done.output.split())
+    ours, theirs = torch.load(he_dir / "model.pt"), torch.load(plain_dir / "model.pt")
+    assert list(ours) == list(theirs)
+    assert max(float((ours[k] - theirs[k]).abs().max()) for k in ours) < 1e-4
+    # An altered model_encrypted.npz (total weight halved) is refused, exit 2.
+    with np.load(he_dir / "model_encrypted.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["he-total-weight"] = arrays["he-total-weight"] / 2
+    np.savez(he_dir / "model_encrypted.npz", **arrays)
+    done = CliRunner().invoke(keys_app, args, env=env)
+    assert isinstance(done.exception, ConfigError) and done.exception.exit_code == 2
+    assert "announced total weight" in str(done.exception)
 
 
 def test_server_codec_never_holds_a_secret_key(tmp_path):
@@ -59,14 +86,16 @@ def test_bad_ciphertexts_rejected_round_completes_with_dp(tmp_path, caplog):
     from tests import faulty_he_clients
 
     caplog.set_level("WARNING", logger="fedsim")
-    cfg = _cfg(tmp_path, "faulty", clients=6, secure_agg="he", he_params="compact",
+    # Two honest clients: a sum of one contribution is refused by the clients (it
+    # would show one client's update to the others).
+    cfg = _cfg(tmp_path, "faulty", clients=7, secure_agg="he", he_params="compact",
                dp=True, noise_multiplier=1.0)
     outcome = simulate(cfg, client_app=faulty_he_clients.app)
     rows = _rows(outcome.run_dir)
     assert len(rows) == 2
     for row in rows:
-        assert row["clients_sampled"] == 6
-        assert row["clients_replied"] == 1
+        assert row["clients_sampled"] == 7
+        assert row["clients_replied"] == 2
         assert row["rejected"] == 5
         assert np.isfinite(row["fed_loss"])
     text = caplog.text

@@ -300,3 +300,44 @@ def test_server_header_claiming_other_parameters_is_refused(provisioned, tmp_pat
     )
     with pytest.raises(keys.KeyFileError, match="context differs"):
         keys.load_server_context(forged)
+
+
+# --- a new key set's passphrase (fedsim keys init) ---------------------------------
+
+
+def _keys_init(monkeypatch, capsys, tmp_path, env_value):
+    import io
+    import sys
+
+    from fedsim.cli.main import main
+
+    if env_value is None:
+        monkeypatch.delenv("FEDSIM_HE_PASSPHRASE", raising=False)
+    else:
+        monkeypatch.setenv("FEDSIM_HE_PASSPHRASE", env_value)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # no terminal, as under cron/CI
+    monkeypatch.setattr(sys, "argv", ["fedsim", "keys", "init", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as info:
+        main()
+    return info.value.code, capsys.readouterr().err
+
+
+def test_init_without_terminal_names_the_variable(monkeypatch, capsys, tmp_path):
+    code, err = _keys_init(monkeypatch, capsys, tmp_path, None)
+    assert code == 2 and "aborted" not in err
+    assert "set FEDSIM_HE_PASSPHRASE" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "client.key").exists()
+
+
+@pytest.mark.parametrize(("weak", "needle"), [("abc", "has 3 characters; use at least 12"),
+                                              ("aaaaaabbbbbb", "only 2 different")])
+def test_init_refuses_a_weak_passphrase(monkeypatch, capsys, tmp_path, weak, needle):
+    code, err = _keys_init(monkeypatch, capsys, tmp_path, weak)
+    assert code == 2 and needle in err
+    assert not (tmp_path / "client.key").exists()
+
+
+def test_a_weak_passphrase_still_opens_an_existing_key(tmp_path):
+    """Strength is asked of new key sets only: older key files keep opening."""
+    made = keys.provision(tmp_path, params=he.get_params("compact"), passphrase="abc")
+    keys.load_client_context(made.client_key_path, "abc")

@@ -345,3 +345,64 @@ def test_exhaustion_marker_is_not_a_participation():
     assert client.participations == 1
     assert client.last.noise_multiplier == 1.2
     assert client.exhausted_round == 2
+
+
+def _ledger_record(rnd, client, *, noise, delta, steps=10, epsilon=1.0, budget=None,
+                   released=True):
+    from fedsim.reports.load import LedgerRecord
+
+    return LedgerRecord(round=rnd, client_id=client, noise_multiplier=noise,
+                        sample_rate=0.1, steps=steps, delta=delta, accountant="rdp",
+                        epsilon=epsilon, budget=budget, released=released)
+
+
+def test_compare_takes_noise_and_delta_from_the_ledger():
+    from types import SimpleNamespace
+
+    from fedsim.reports.compare import ledger_setting
+
+    calibrated = SimpleNamespace(  # --target-epsilon, default delta: the config has neither
+        config={"dp": True, "noise_multiplier": None, "delta": None},
+        ledger=(_ledger_record(1, 0, noise=1.1, delta=7.5e-6),
+                _ledger_record(1, 1, noise=0.9, delta=8e-6),
+                _ledger_record(2, 1, noise=0.0, delta=8e-6, steps=0, released=False)))
+    assert ledger_setting(calibrated, "noise_multiplier") == "0.9 to 1.1 (per client)"
+    assert ledger_setting(calibrated, "delta") == "7.5e-06 to 8e-06 (per client)"
+    fixed = SimpleNamespace(config={"noise_multiplier": 1.0},
+                            ledger=(_ledger_record(1, 0, noise=1.0, delta=1e-5),))
+    assert ledger_setting(fixed, "noise_multiplier") == "1"
+    assert ledger_setting(SimpleNamespace(config={"delta": None}, ledger=()), "delta") == "—"
+
+
+def test_exhausted_column_says_why_a_client_has_no_round():
+    from fedsim.reports.content import _exhausted_cell
+    from fedsim.reports.privacy import ClientPrivacy
+
+    near = ClientPrivacy(client_id=0, records=(
+        _ledger_record(1, 0, noise=1.0, delta=1e-5, epsilon=2.954, budget=3.0),))
+    refused = ClientPrivacy(client_id=1, records=(
+        _ledger_record(1, 1, noise=1.0, delta=1e-5, epsilon=2.9, budget=3.0),
+        _ledger_record(3, 1, noise=0.0, delta=1e-5, steps=0, epsilon=2.9, budget=3.0,
+                       released=False)))
+    unbudgeted = ClientPrivacy(client_id=2, records=(
+        _ledger_record(1, 2, noise=1.0, delta=1e-5),))
+    assert _exhausted_cell(near) == "not refused"
+    assert _exhausted_cell(refused) == "3"
+    assert _exhausted_cell(unbudgeted) == "—"
+
+
+def test_clients_plot_does_not_hide_lines_at_zero():
+    from types import SimpleNamespace
+
+    from fedsim.reports import plots
+    from fedsim.reports.content import participation_section
+
+    rows = [{"round": r, "clients_sampled": 3, "clients_replied": 3 - (r == 4),
+             "rejected": 0, "failed": int(r == 4)} for r in range(1, 41)]
+    section = participation_section(SimpleNamespace(metrics=rows, dp_on=False), [])
+    caption = section.blocks[0].caption
+    assert "0 in every round (not drawn): rejected" in caption
+    fig = plots.count_bars([r["round"] for r in rows],
+                           {"a": [0] * 40, "b": [0] * 40}, "t")
+    styles = [(line.get_linestyle(), line.get_linewidth()) for line in fig.axes[0].lines]
+    assert len(set(styles)) == 2, "coinciding step lines must look different"

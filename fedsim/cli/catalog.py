@@ -99,7 +99,9 @@ def datasets() -> None:
     """List the datasets: sizes, classes, input shape and where each loads from."""
     table = Table(title="Datasets (canonical train/test splits)")
     for column in ("name", "kind", "train", "test", "classes", "input", "source"):
+        # at 80 columns the source wraps (folding long hub ids) instead of losing its end
         table.add_column(column, no_wrap=column == "name",
+                         overflow="fold" if column == "source" else "ellipsis",
                          justify="right" if column in ("train", "test") else "left")
     for name in dataset_names():
         info = dataset_info(name)

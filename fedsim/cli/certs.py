@@ -41,7 +41,7 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="Replace files already in --out.")] = False,
 ) -> None:
     """Make a CA, the SuperLink's certificate and one key pair per site."""
-    from fedsim.deploy.pki import CertPlan, init_certs
+    from fedsim.deploy.pki import LOCAL_NAMES, CertPlan, init_certs
 
     made = init_certs(CertPlan(out=out, server_names=tuple(server_name),
                                clients=clients, days=days, force=force))
@@ -50,7 +50,7 @@ def init(
         ("CA (everyone)", str(layout.ca_cert)),
         ("CA key", f"{layout.ca_key} (0600: keep offline, mount nowhere)"),
         ("SuperLink", f"{layout.server_cert}, {layout.server_key} (0600)"),
-        ("valid for", ", ".join(made.server_names) + ", localhost, 127.0.0.1"),
+        ("valid for", ", ".join(dict.fromkeys((*made.server_names, *LOCAL_NAMES)))),
         ("expires", f"{made.not_after:%Y-%m-%d}"),
     ]
     rows += [(n.name, f"{n.private_path} (0600, to this site only); enroll "

@@ -85,6 +85,41 @@ def collect(
     write_report(copy_run(source, out))
 
 
+@app.command("site-data")
+def site_data(
+    out: Annotated[Path, typer.Option(help="The site's data folder to write (e.g. deployment/sites/client-0/data).")],
+    dataset: Annotated[str, typer.Option(help="The run's dataset: its format, shape and classes (see `fedsim datasets`).")] = "digits",
+    source: Annotated[Path | None, typer.Option("--from", help="The site's own files: data.npz, data.csv, or a folder of IDX files or class subfolders.")] = None,
+    partition: Annotated[int | None, typer.Option(help="Without --from: this share of a built-in dataset (0-based).")] = None,
+    partitions: Annotated[int | None, typer.Option(help="Without --from: into how many disjoint shares it is cut.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the shares' shuffle.")] = 0,
+    input_shape: Annotated[str | None, typer.Option(help="C,H,W for datasets without a fixed shape (imagefolder).")] = None,
+    num_classes: Annotated[int | None, typer.Option(help="Classes, for datasets without a fixed count.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace files already in --out.")] = False,
+) -> None:
+    """Make a site's data folder: check the site's own files, or cut a built-in dataset."""
+    from fedsim.deploy.sitedata import import_files, write_partition
+    from fedsim.errors import DatasetError
+
+    if source is not None:
+        if partition is not None or partitions is not None:
+            raise DatasetError("--from takes the site's own files; --partition and "
+                               "--partitions cut a built-in dataset: give one or the other")
+        shape = tuple(int(d) for d in input_shape.split(",")) if input_shape else None
+        made = import_files(source=source, dataset=dataset, out=out, force=force,
+                            input_shape=shape, num_classes=num_classes)
+    else:
+        if partition is None or partitions is None:
+            raise DatasetError("give --from with the site's own files, or --partition I "
+                               "--partitions N to cut a built-in dataset")
+        made = write_partition(dataset=dataset, partition=partition,
+                               partitions=partitions, out=out, seed=seed, force=force)
+    Console(highlight=False).print(
+        f"{made.folder}: {made.examples} examples of shape {made.shape}, labels "
+        f"{', '.join(map(str, made.labels))} (dataset '{dataset}'); readable by the "
+        "containers' user")
+
+
 _RUN_OPTIONS = ("clients", "rounds", "fraction", "local_epochs", "batch_size", "lr",
                 "model", "dataset", "val_fraction", "seed", "device", "round_timeout",
                 "min_clients", "max_len", "dp", "noise_multiplier", "target_epsilon",

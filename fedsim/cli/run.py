@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from fedsim.config import resolve_config
+from fedsim.errors import ConfigError
 
 
 def _noise_warning(console: Console, cfg, started) -> None:
@@ -65,54 +66,61 @@ def _describe_privacy(console: Console, cfg, started) -> None:
 
 
 def run(
-    clients: Annotated[int | None, typer.Option(help="Number of simulated clients. [default: 100]")] = None,
-    rounds: Annotated[int | None, typer.Option(help="Federated rounds. [default: 30]")] = None,
-    fraction: Annotated[float | None, typer.Option(help="Fraction of clients sampled per round, in (0, 1]. [default: 0.1]")] = None,
-    local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round. [default: 5]")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Local batch size. [default: 10; 64 with --dp]")] = None,
-    lr: Annotated[float | None, typer.Option(help="Local SGD learning rate. [default: 0.2; 0.25 with --dp]")] = None,
-    model: Annotated[str | None, typer.Option(help="Model name (see `fedsim models`). [default: cnn]")] = None,
-    dataset: Annotated[str | None, typer.Option(help="Dataset name. [default: digits]")] = None,
-    data_dir: Annotated[str | None, typer.Option(help="Local files for the dataset.")] = None,
-    partition: Annotated[str | None, typer.Option(help="iid, dirichlet or shards. [default: iid]")] = None,
-    alpha: Annotated[float | None, typer.Option(help="Dirichlet concentration (with --partition dirichlet). [default: 0.5]")] = None,
-    shards_per_client: Annotated[int | None, typer.Option(help="Label shards per client (with --partition shards). [default: 2]")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for partitions, sampling and training. [default: 42]")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (auto picks cuda when present). [default: auto]")] = None,
-    cpus_per_client: Annotated[float | None, typer.Option(help="Ray CPUs per client. [default: 1]")] = None,
-    gpus_per_client: Annotated[float | None, typer.Option(help="Ray (fractional) GPUs per client; 0 with a GPU present means 0.2. [default: 0]")] = None,
-    round_timeout: Annotated[float | None, typer.Option(help="Seconds to wait for replies each round. [default: 600]")] = None,
-    min_clients: Annotated[int | None, typer.Option(help="End the run when fewer clients than this can train (e.g. budgets exhausted). [default: 1]")] = None,
-    max_len: Annotated[int | None, typer.Option(help="Text models: tokens per example (pad/truncate). [default: 64]")] = None,
-    dp: Annotated[bool | None, typer.Option("--dp/--no-dp", help="Train every client with Opacus DP-SGD. This is SAMPLE-LEVEL DP per client: it protects each training example of a client against anyone who sees that client's updates or the model; it does not hide whether a client took part (that would be client-level DP).")] = None,
-    noise_multiplier: Annotated[float | None, typer.Option(help="DP-SGD noise multiplier (or give --target-epsilon). [default with --dp: 1.0]")] = None,
-    target_epsilon: Annotated[float | None, typer.Option(help="Calibrate the noise per client so that no client ends above this epsilon: for the most rounds one client may train in (--max-participations; default every round). The epsilon budget defaults to it.")] = None,
-    max_participations: Annotated[int | None, typer.Option(help="Cap K on the rounds one client trains in; the server never samples it more often, and --target-epsilon calibrates for K. [default: every round]")] = None,
-    max_grad_norm: Annotated[float | None, typer.Option(help="DP-SGD per-sample clipping norm. [default with --dp: 4.0]")] = None,
-    delta: Annotated[float | None, typer.Option(help="DP delta. [default: min(1e-5, 0.1/n) for a client with n examples, below 1/n]")] = None,
-    accountant: Annotated[str | None, typer.Option(help="Privacy accountant: rdp or prv (gdp is refused: it is approximate and may understate epsilon). [default: rdp]")] = None,
-    epsilon_budget: Annotated[float | None, typer.Option(help="Per-client epsilon budget: a client refuses a round that would exceed it, and the server refuses such an update. [default with --target-epsilon: the target]")] = None,
-    insecure_reproducible_noise: Annotated[bool | None, typer.Option("--insecure-reproducible-noise", help="INSECURE, research only: derive DP-SGD's noise and Poisson batches from (seed, round, client) so a run repeats exactly. The server knows those numbers and can remove the noise: NO DP AGAINST THE SERVER (or, under HE, against other clients).")] = None,
-    secure_agg: Annotated[str | None, typer.Option(help="none, or he: clients send CKKS ciphertexts and the server sums what it cannot read. [default: none]")] = None,
-    he_params: Annotated[str | None, typer.Option(help="HE parameter set: default or compact. [default: default]")] = None,
-    ray_address: Annotated[str | None, typer.Option(help="Run on an existing Ray cluster (HOST:PORT of its head, as `ray start --head` prints) instead of a local Ray.")] = None,
-    out: Annotated[str | None, typer.Option(help="Run folder. [default: runs/<timestamp>]")] = None,
-    resume: Annotated[Path | None, typer.Option("--resume", help="Continue this run folder from its last complete round (its config.json is used; other options are ignored).")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="TOML file with any of these options; flags override it.")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower and Ray logs.")] = False,
+    clients: Annotated[int | None, typer.Option(help="Number of simulated clients. \\[default: 100]")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Federated rounds. \\[default: 30]")] = None,
+    fraction: Annotated[float | None, typer.Option(help="Fraction of clients sampled per round, in (0, 1]. \\[default: 0.1]")] = None,
+    local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round. \\[default: 5]")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Local batch size. \\[default: 10; 64 with --dp]")] = None,
+    lr: Annotated[float | None, typer.Option(help="Local SGD learning rate. \\[default: 0.2; 0.25 with --dp]")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name (see `fedsim models`). \\[default: cnn]")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset name (see `fedsim datasets`). \\[default: digits; bbc-news with --model text]")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Folder with the files of a dataset read from local files (not for embedded ones: digits, mnist-5k, bbc-news). \\[default: none]")] = None,
+    partition: Annotated[str | None, typer.Option(help="iid, dirichlet or shards. \\[default: iid]")] = None,
+    alpha: Annotated[float | None, typer.Option(help="Dirichlet concentration (with --partition dirichlet). \\[default: 0.5]")] = None,
+    shards_per_client: Annotated[int | None, typer.Option(help="Label shards per client (with --partition shards). \\[default: 2]")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for partitions, sampling and training. \\[default: 42]")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (auto picks cuda when present). \\[default: auto]")] = None,
+    cpus_per_client: Annotated[float | None, typer.Option(help="Ray CPUs per client. \\[default: 1]")] = None,
+    gpus_per_client: Annotated[float | None, typer.Option(help="Ray (fractional) GPUs per client; 0 with a GPU present means 0.2. \\[default: 0]")] = None,
+    round_timeout: Annotated[float | None, typer.Option(help="Seconds to wait for replies each round. \\[default: 600]")] = None,
+    min_clients: Annotated[int | None, typer.Option(help="End the run when fewer clients than this can train (e.g. budgets exhausted). \\[default: 1]")] = None,
+    max_len: Annotated[int | None, typer.Option(help="Text models: tokens per example (pad/truncate). \\[default: 64]")] = None,
+    dp: Annotated[bool | None, typer.Option("--dp/--no-dp", help="Train every client with Opacus DP-SGD. This is SAMPLE-LEVEL DP per client: it protects each training example of a client against anyone who sees that client's updates or the model; it does not hide whether a client took part (that would be client-level DP). \\[default: --no-dp]")] = None,
+    noise_multiplier: Annotated[float | None, typer.Option(help="DP-SGD noise multiplier (or give --target-epsilon). \\[default: 1.0 with --dp]")] = None,
+    target_epsilon: Annotated[float | None, typer.Option(help="Calibrate the noise per client so that no client ends above this epsilon: for the most rounds one client may train in (--max-participations; default every round). The epsilon budget defaults to it. \\[default: none: --noise-multiplier sets the noise]")] = None,
+    max_participations: Annotated[int | None, typer.Option(help="Cap K on the rounds one client trains in; the server never samples it more often, and --target-epsilon calibrates for K. \\[default: every round]")] = None,
+    max_grad_norm: Annotated[float | None, typer.Option(help="DP-SGD per-sample clipping norm. \\[default: 1.0; 4.0 with --dp]")] = None,
+    delta: Annotated[float | None, typer.Option(help="DP delta. \\[default: min(1e-5, 0.1/n) for a client with n examples, below 1/n]")] = None,
+    accountant: Annotated[str | None, typer.Option(help="Privacy accountant: rdp or prv (gdp is refused: it is approximate and may understate epsilon). \\[default: rdp]")] = None,
+    epsilon_budget: Annotated[float | None, typer.Option(help="Per-client epsilon budget: a client refuses a round that would exceed it, and the server refuses such an update. \\[default: none; with --target-epsilon: the target]")] = None,
+    insecure_reproducible_noise: Annotated[bool | None, typer.Option("--insecure-reproducible-noise", help="INSECURE, research only: derive DP-SGD's noise and Poisson batches from (seed, round, client) so a run repeats exactly. The server knows those numbers and can remove the noise: NO DP AGAINST THE SERVER (or, under HE, against other clients). \\[default: off]")] = None,
+    secure_agg: Annotated[str | None, typer.Option(help="none, or he: clients send CKKS ciphertexts and the server sums what it cannot read. \\[default: none]")] = None,
+    he_params: Annotated[str | None, typer.Option(help="HE parameter set: default or compact. \\[default: default]")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Run on an existing Ray cluster (HOST:PORT of its head, as `ray start --head` prints) instead of a local Ray. \\[default: none: a fresh local Ray]")] = None,
+    out: Annotated[str | None, typer.Option(help="Run folder; one that already holds a run is refused (see --resume, --force). \\[default: runs/<timestamp>]")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace the run already in --out (deletes it first). \\[default: off]")] = False,
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue this run folder from its last complete round, with its own config.json (no other option but --verbose may be given). \\[default: none]")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML file with any of these options; flags override it. \\[default: none]")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower and Ray logs. \\[default: off]")] = False,
 ) -> None:
     """Run a FedAvg simulation on Ray, with live progress and a results folder."""
+    options = dict(locals())
+    from fedsim.cli.main import COMMAND_STARTED
+
     if resume is not None:
+        _refuse_options_with_resume(options)
         _resume(resume, verbose=verbose)
         return
-    overrides = {k: v for k, v in locals().items()
-                 if k not in ("config", "verbose", "resume")}
+    overrides = {k: v for k, v in options.items() if k not in _NOT_CONFIG}
     cfg = resolve_config(config_file=config, overrides=overrides)
+    if force and cfg.out is None:
+        raise ConfigError("--force replaces the run in --out: give --out DIR too")
     from fedsim.cli.progress import ProgressListener
+    from fedsim.simulations.rundir import RunClock
     from fedsim.simulations.runner import simulate, start_run
 
     console = Console()
-    started = start_run(cfg)
+    started = start_run(cfg, force=force)
     _describe_privacy(console, cfg, started)
     console.print(
         f"fedsim: {cfg.clients} clients on '{cfg.dataset}' ({cfg.partition}), model "
@@ -120,14 +128,35 @@ def run(
         f"{cfg.rounds} rounds -> {started.run_dir}",
         highlight=False,
     )
-    with ProgressListener(console, cfg.rounds) as progress:
-        outcome = simulate(cfg, listener=progress, verbose=verbose, started=started)
+    clock = RunClock(started=COMMAND_STARTED)
+    with ProgressListener(console, cfg.rounds, clock=clock) as progress:
+        outcome = simulate(cfg, listener=progress, verbose=verbose, started=started,
+                           started_at=COMMAND_STARTED)
     _finish(console, outcome)
 
 
+_NOT_CONFIG = ("config", "verbose", "resume", "force")  # options that are not RunConfig fields
+
+
+def _refuse_options_with_resume(options: dict) -> None:
+    """--resume reruns a folder's own config.json: any other option would be ignored."""
+    import inspect
+
+    defaults = {k: p.default for k, p in inspect.signature(run).parameters.items()}
+    given = [k for k, v in options.items()
+             if k not in ("resume", "verbose") and v != defaults.get(k)]
+    if given:
+        flags = ", ".join(("--no-" if options[k] is False else "--") + k.replace("_", "-")
+                          for k in given)
+        raise ConfigError(f"--resume continues the run with its own config.json, so "
+                          f"{flags} would be ignored; drop {'it' if len(given) == 1 else 'them'}"
+                          " (to change settings, start a new run)")
+
+
 def _resume(run_dir: Path, *, verbose: bool) -> None:
+    from fedsim.cli.main import COMMAND_STARTED
     from fedsim.cli.progress import ProgressListener
-    from fedsim.simulations.rundir import load_checkpoint
+    from fedsim.simulations.rundir import RunClock, load_checkpoint
     from fedsim.simulations.runner import reopen_run, resume
 
     console = Console()
@@ -136,9 +165,12 @@ def _resume(run_dir: Path, *, verbose: bool) -> None:
     done = checkpoint.round if checkpoint else 0
     console.print(f"fedsim: resuming {run_dir} after round {done} of "
                   f"{started.config.rounds}", highlight=False)
-    with ProgressListener(console, started.config.rounds) as progress:
+    clock = RunClock(started=COMMAND_STARTED,
+                     prior_s=checkpoint.wall_time_s if checkpoint else 0.0)
+    with ProgressListener(console, started.config.rounds, clock=clock) as progress:
         progress.progress.update(progress.task, completed=done)
-        outcome = resume(run_dir, listener=progress, verbose=verbose)
+        outcome = resume(run_dir, listener=progress, verbose=verbose,
+                         started_at=COMMAND_STARTED)
     _finish(console, outcome)
 
 
@@ -147,7 +179,13 @@ def _finish(console: Console, outcome) -> None:
     from fedsim.cli.report import write_report
 
     console.print(summary_table(outcome.summary, str(outcome.run_dir)))
-    if outcome.summary.get("stop_reason"):
-        console.print(f"[yellow]stopped early:[/] {outcome.summary['stop_reason']}")
+    reason = outcome.summary.get("stop_reason")
+    if reason:
+        label = "stopped" if outcome.interrupted else "stopped early"
+        console.print(f"[yellow]{label}:[/] {reason}", highlight=False, soft_wrap=True)
     write_report(outcome.run_dir)
-    console.print(f"results: {outcome.run_dir}")
+    console.print(f"results: {outcome.run_dir}", highlight=False, soft_wrap=True)
+    if outcome.interrupted:
+        from fedsim.simulations.signals import exit_code
+
+        raise typer.Exit(exit_code(outcome.interrupted))

@@ -20,6 +20,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedsim import protocol
+from fedsim.privacy.ledger import LedgerError
 from fedsim.server.aggregate import FixedPointOverflow
 from fedsim.server.codecs import Codec, PlainCodec, Rejected
 from fedsim.server.federation import Federation
@@ -46,6 +47,7 @@ class RoundStats:
     fed_loss: float | None = None
     fed_accuracy: float | None = None
     eval_clients: int = 0
+    fed_examples: int = 0  # validation examples behind fed_accuracy
 
     def to_dict(self) -> dict:
         """Plain values for metrics.jsonl (without the start timestamp)."""
@@ -93,6 +95,8 @@ class FedsimFedAvg(FedAvg):
         self.stats = RoundStats(round=0, started=time.monotonic())
         self._global: ArrayRecord | None = None
         self._grid: Grid | None = None
+        self.global_refused: dict[str, int] = {}  # this round's refusals, by stage
+        self._replied: set[int] = set()
 
     # -- hooks subclasses extend ------------------------------------------------
     def eligible_clients(self, server_round: int) -> list[int] | None:
@@ -147,6 +151,8 @@ class FedsimFedAvg(FedAvg):
             self.stats.failed += 1
             if msg.has_error() and msg.error.code == protocol.POLICY_REFUSED:
                 self.stats.policy_refused += 1
+            if msg.has_error() and msg.error.code == protocol.GLOBAL_REFUSED:
+                self.global_refused[stage] = self.global_refused.get(stage, 0) + 1
             log.warning("round %d %s: client %s failed: %s",
                         self.stats.round, stage, who, reason)
         else:
@@ -180,6 +186,7 @@ class FedsimFedAvg(FedAvg):
         """Sample clients (seeded, by client id) and send them the global model."""
         server_round += self.round_offset
         self.stats = RoundStats(round=server_round, started=time.monotonic())
+        self.global_refused = {}
         self._global, self._grid = arrays, grid
         self.take_late_replies()  # before sampling: DP counts late releases first
         if self.stop_reason is not None:
@@ -187,6 +194,7 @@ class FedsimFedAvg(FedAvg):
         ids = self.federation.sample(server_round, self.fraction_train, stream=0,
                                      eligible=self.eligible_clients(server_round))
         config[protocol.ROUND] = server_round
+        self.codec.start_round(server_round, arrays)
         self.stats.clients_sampled = len(ids)
         self.stats.bytes_sent += arrays.count_bytes() * len(ids)
         messages = []
@@ -196,40 +204,89 @@ class FedsimFedAvg(FedAvg):
             messages.extend(self._messages(record, [cid], MessageType.TRAIN))
         return messages
 
-    def _contribution(self, msg: Message, acc, weight: float) -> str | None:
-        """Add the reply to the sum; the reason it was rejected, or None."""
+    def _contribution(self, msg: Message, acc, weight: float, client_id: int) -> bool:
+        """Add one reply to the sum; any failure rejects that reply only, with a reason.
+
+        Decoding, checking and adding run on bytes a client chose: whatever they
+        raise (TenSEAL, SEAL, numpy, a codec's own checks) ends this reply, never the
+        round. The accumulator only changes once an addition has fully succeeded.
+        A rejected reply goes to `not_used` (DP records it: it was released).
+        """
         try:
             acc.add(self.codec.contribution(msg, self._global, weight), weight)
         except (Rejected, FixedPointOverflow) as err:
-            metrics = msg.content[protocol.METRICS]
-            self._note(Verdict(ok=False, kind="rejected", reason=str(err),
-                               client_id=int(metrics[protocol.CLIENT_ID])), msg, "train")
-            return str(err)
-        return None
+            reason = str(err)
+        except Exception as err:  # noqa: BLE001 - one bad reply never ends the run
+            reason = f"cannot be added ({type(err).__name__}: {err})"
+        else:
+            return True
+        self._note(Verdict(ok=False, kind="rejected", reason=reason, client_id=client_id),
+                   msg, "train")
+        self.not_used(self.stats.round, msg, reason)
+        return False
+
+    def _check_sender(self, verdict: Verdict, msg: Message) -> Verdict:
+        """The claimed client id must be the sending node's, admitted once per round."""
+        node = self.federation.nodes.get(verdict.client_id)
+        sender = msg.metadata.src_node_id
+        if node != sender:
+            return Verdict(ok=False, kind="rejected", client_id=verdict.client_id,
+                           reason=f"claims client {verdict.client_id} but comes from node "
+                                  f"{sender}")
+        if verdict.client_id in self._replied:
+            return Verdict(ok=False, kind="rejected", client_id=verdict.client_id,
+                           reason="this client's update of this round was admitted already")
+        return verdict
+
+    def _take(self, server_round: int, msg: Message, acc, losses: list[float]) -> int | None:
+        """Check one reply and add it to the sum, or count why it was left out.
+
+        Returns the client id of a reply that entered the sum (for `admit`), else None.
+        """
+        verdict = check_metrics(msg)
+        if verdict.ok:
+            verdict = self._check_sender(verdict, msg)
+        if not verdict.ok:
+            self._note(verdict, msg, "train")
+            self.not_used(server_round, msg, verdict.reason)
+            return None
+        if not self.screen(server_round, verdict.client_id, msg):
+            return None
+        metrics = msg.content[protocol.METRICS]
+        weight = float(metrics[protocol.NUM_EXAMPLES])
+        if not self._contribution(msg, acc, weight, verdict.client_id):
+            return None
+        self._replied.add(verdict.client_id)
+        if protocol.TRAIN_LOSS in metrics:  # not sent under DP
+            loss = metrics[protocol.TRAIN_LOSS]
+            finite = isinstance(loss, int | float) and math.isfinite(loss)
+            losses.append((float(loss) if finite else 0.0) * weight)
+        return verdict.client_id
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Add each checked reply to the running sum as it arrives; then finish."""
+        """Add each checked reply to the running sum as it arrives; then finish.
+
+        A reply that breaks the checks is rejected alone; the server's own
+        bookkeeping (the DP ledger's durable writes in `screen`, `admit`,
+        `not_used`) is not a reply's fault: its failure ends the run.
+        """
         server_round += self.round_offset
         acc, losses = self.codec.accumulator(), []
+        self._replied: set[int] = set()
         for msg in replies:
-            self.stats.bytes_received += reply_bytes(msg)
-            verdict = check_metrics(msg)
-            if not verdict.ok:
-                self._note(verdict, msg, "train")
-                self.not_used(server_round, msg, verdict.reason)
+            try:
+                self.stats.bytes_received += reply_bytes(msg)
+                admitted = self._take(server_round, msg, acc, losses)
+            except (LedgerError, OSError):
+                raise
+            except Exception as err:  # noqa: BLE001 - one bad reply never ends the run
+                reason = f"malformed reply ({type(err).__name__}: {err})"
+                self._note(Verdict(ok=False, kind="rejected", reason=reason), msg, "train")
+                self.not_used(server_round, msg, reason)
                 continue
-            if not self.screen(server_round, verdict.client_id, msg):
-                continue
-            metrics = msg.content[protocol.METRICS]
-            weight = float(metrics[protocol.NUM_EXAMPLES])
-            rejected = self._contribution(msg, acc, weight)
-            if rejected is not None:
-                self.not_used(server_round, msg, rejected)
-                continue
-            self.admit(server_round, verdict.client_id, msg)
-            if protocol.TRAIN_LOSS in metrics:  # not sent under DP
-                losses.append(float(metrics[protocol.TRAIN_LOSS]) * weight)
+            if admitted is not None:  # in the sum: DP's record is on disk before use
+                self.admit(server_round, admitted, msg)
         self._count_timeouts("train")
         self.stats.clients_replied = acc.count
         return self._finish_round(server_round, acc, losses)
@@ -237,6 +294,15 @@ class FedsimFedAvg(FedAvg):
     def _finish_round(self, server_round: int, acc, losses: list[float]
                       ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         if self.stop_reason is not None or self.stats.clients_sampled == 0:
+            return None, None
+        refused = self.global_refused.get("train", 0)
+        if acc.count < self.min_clients and refused:
+            self._stop(f"round {server_round}: {refused} client(s) refused the global of "
+                       f"round {server_round - 1} (it failed their verification: a forged "
+                       "or corrupted sum, e.g. one bad reply the server could not read); "
+                       f"only {acc.count} usable update(s), fewer than --min-clients "
+                       f"{self.min_clients}; the run stops (sites fail closed after a "
+                       "refused global; their logs say why)")
             return None, None
         if acc.count < self.min_clients:
             self._stop(f"round {server_round}: only {acc.count} usable update(s), fewer "
@@ -293,6 +359,7 @@ class FedsimFedAvg(FedAvg):
         if total == 0:
             return None
         self.stats.eval_clients = len(counts)
+        self.stats.fed_examples = int(total)
         self.stats.fed_loss = math.fsum(losses) / total
         self.stats.fed_accuracy = math.fsum(hits) / total
         return MetricRecord({protocol.EVAL_LOSS: self.stats.fed_loss,

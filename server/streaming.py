@@ -11,14 +11,22 @@ update was released all the same, so the privacy ledger must record it).
 
 A stop event (set on SIGINT/SIGTERM) ends the wait at once: the pull loop raises
 RunInterrupted instead of waiting out the round timeout for replies nobody will use.
+
+A SuperLink that answers a call with a server error (5xx) or drops the connection
+(its SQLite state gives up on a lock under CPU starvation, a restart) is asked
+again with backoff for up to TRANSIENT_RETRY_S, with a logged warning each time,
+instead of ending the run: Flower's own HTTP grid gives up on the first 500.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
+import httpx
 from flwr.app import Message
 from flwr.serverapp import Grid
 
@@ -26,6 +34,38 @@ from fedsim.errors import RunInterrupted
 
 PULL_INTERVAL_S = 0.05
 MAX_UNANSWERED = 10_000  # late replies are looked for this many messages back
+TRANSIENT_RETRY_S = 120.0  # how long a SuperLink server error is retried
+RETRIED = frozenset({"push_messages", "pull_messages", "get_node_ids"})
+
+log = logging.getLogger("fedsim.server")
+T = TypeVar("T")
+
+
+def is_transient(err: BaseException) -> bool:
+    """A SuperLink error worth asking again: 5xx answers and dropped connections."""
+    if isinstance(err, httpx.HTTPStatusError):
+        return err.response.status_code >= 500
+    return isinstance(err, httpx.TransportError)
+
+
+def call_with_retry(call: Callable[[], T], what: str, *, budget_s: float = TRANSIENT_RETRY_S,
+                    stop: threading.Event | None = None) -> T:
+    """`call()`, asked again with backoff while it fails transiently, up to budget_s."""
+    end = time.monotonic() + budget_s
+    delay = 0.2
+    while True:
+        try:
+            return call()
+        except Exception as err:  # noqa: BLE001 - only transient errors are retried
+            if not is_transient(err) or time.monotonic() + delay > end:
+                raise
+            log.warning("SuperLink %s failed (%s); asking again in %.1f s", what,
+                        str(err).splitlines()[0], delay)
+            if stop is not None and stop.wait(delay):
+                raise RunInterrupted("stop requested while the SuperLink was failing") from err
+            if stop is None:
+                time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 class StreamingGrid:
@@ -40,7 +80,13 @@ class StreamingGrid:
         self._unanswered: dict[str, int] = {}  # message id -> node, past its round
 
     def __getattr__(self, name: str):
-        return getattr(self._grid, name)
+        attr = getattr(self._grid, name)
+        if name not in RETRIED:
+            return attr
+
+        def retried(*args, **kwargs):
+            return call_with_retry(lambda: list(attr(*args, **kwargs)), name, stop=self.stop)
+        return retried
 
     def check_stop(self) -> None:
         """Raise RunInterrupted if a stop was requested."""
@@ -54,7 +100,7 @@ class StreamingGrid:
         messages = list(messages)
         destinations = {}
         ids = []
-        for msg_id, msg in zip(self._grid.push_messages(messages), messages, strict=True):
+        for msg_id, msg in zip(self.push_messages(messages), messages, strict=True):
             destinations[msg_id] = msg.metadata.dst_node_id
             ids.append(msg_id)
         del messages
@@ -66,7 +112,7 @@ class StreamingGrid:
         end = None if timeout is None else time.monotonic() + timeout
         while pending and (end is None or time.monotonic() < end):
             self.check_stop()
-            replies = list(self._grid.pull_messages(pending))
+            replies = list(self.pull_messages(pending))
             for reply in replies:
                 pending.discard(reply.metadata.reply_to_message_id)
                 yield reply
@@ -82,7 +128,7 @@ class StreamingGrid:
         """Replies that have arrived, since, to messages whose round timed out."""
         if not self._unanswered:
             return []
-        replies = list(self._grid.pull_messages(set(self._unanswered)))
+        replies = list(self.pull_messages(set(self._unanswered)))
         for reply in replies:
             self._unanswered.pop(reply.metadata.reply_to_message_id, None)
         return replies

@@ -21,7 +21,9 @@ def test_timeout_and_dead_worker_do_not_stop_the_round(tmp_path, caplog):
     outcome = simulate(cfg, client_app=crashing_clients.app)
     first, second = _rows(outcome.run_dir)
     assert first["clients_sampled"] == 4
-    assert first["timed_out"] == 1  # client 0 slept past the timeout
+    # client 0 slept past the timeout (on a loaded machine a client queued behind the
+    # restarting worker may miss it too: it is counted, never lost)
+    assert first["timed_out"] >= 1
     assert first["failed"] >= 1  # client 1's worker died (others queued on it may too)
     assert first["clients_replied"] >= 1
     assert first["clients_replied"] + first["failed"] + first["timed_out"] == 4

@@ -205,7 +205,7 @@ def test_markdown_has_the_same_sections_and_png_files(dp_report):
 
 
 def test_statement_quotes_the_ledger(dp_runs, dp_report):
-    text = dp_report.html.read_text()
+    text = html.unescape(dp_report.html.read_text())
     top = max(_ledger_lines(dp_runs[0]), key=lambda r: r["epsilon"])
     assert f"ε = {top['epsilon']:.4g} for the most exposed client" in text
     assert "sample-level differential privacy" in text

@@ -30,20 +30,50 @@ def _root() -> None:
     """Privacy-preserving federated learning."""
 
 
-def _register() -> None:
-    from fedsim.cli import catalog, certs, deploy, keys, privacy, report, run
-
+def _register_run() -> None:
+    from fedsim.cli import run
     app.command("run", help=run.__doc__)(run.run)
+
+
+def _register_catalog() -> None:
+    from fedsim.cli import catalog
     app.command("models", help=catalog.models.__doc__)(catalog.models)
     app.command("datasets", help=catalog.datasets.__doc__)(catalog.datasets)
+
+
+def _register_report() -> None:
+    from fedsim.cli import report
     app.command("report", help=report.report.__doc__)(report.report)
-    app.add_typer(keys.app, name="keys")
-    app.add_typer(privacy.app, name="privacy")
-    app.add_typer(certs.app, name="certs")
-    app.add_typer(deploy.app, name="deploy")
 
 
-_register()
+def _group(name: str):
+    def register() -> None:
+        import importlib
+        app.add_typer(importlib.import_module(f"fedsim.cli.{name}").app, name=name)
+    return register
+
+
+COMMANDS = {"run": _register_run, "models": _register_catalog,
+            "datasets": _register_catalog, "report": _register_report,
+            **{name: _group(name) for name in ("keys", "privacy", "certs", "deploy")}}
+
+
+def _register(argv: list[str]) -> None:
+    """Register the commands; `fedsim CMD ...` loads only CMD's module.
+
+    Loading every command pulls in torch, Opacus and TenSEAL (seconds), so a
+    mistyped flag would wait for all of them before its one-line error.
+    """
+    wanted = argv[1] if len(argv) > 1 and argv[1] in COMMANDS else None
+    for name, register in COMMANDS.items():
+        if wanted is None or name == wanted:
+            if register not in _done:
+                register()
+                _done.add(register)
+
+
+_done: set = set()
+_register(sys.argv)
 
 
 def main() -> None:

@@ -96,8 +96,33 @@ def _field_problem(name: str, data: dict[str, Any]) -> str | None:
     return None
 
 
+class ReleaseOutcome:
+    """What a ledger line says happened; for any record with outcome, steps, released."""
+
+    outcome: str | None
+    steps: int
+    released: bool
+
+    @property
+    def exhaustion_marker(self) -> bool:
+        """The client refused to train (its budget): nothing released, nothing spent."""
+        if self.outcome is not None:
+            return self.outcome == EXHAUSTED
+        return self.steps == 0 and not self.released
+
+    @property
+    def spends(self) -> bool:
+        """A noised update left the client: it counts in the client's epsilon."""
+        return self.released and self.steps > 0
+
+    @property
+    def aggregated(self) -> bool:
+        """The update entered the sum (older ledgers: every released update did)."""
+        return self.outcome == AGGREGATED if self.outcome is not None else self.released
+
+
 @dataclass(frozen=True, kw_only=True)
-class LedgerRecord:
+class LedgerRecord(ReleaseOutcome):
     """One client participation: the DP-SGD it ran and the epsilon it reached."""
 
     round: int
@@ -145,22 +170,6 @@ class LedgerRecord:
         """Return the participation as an accountant history entry."""
         return (self.noise_multiplier, self.sample_rate, self.steps)
 
-    @property
-    def exhaustion_marker(self) -> bool:
-        """The client refused to train (its budget): nothing released, nothing spent."""
-        if self.outcome is not None:
-            return self.outcome == EXHAUSTED
-        return self.steps == 0 and not self.released
-
-    @property
-    def spends(self) -> bool:
-        """A noised update left the client: it counts in the client's epsilon."""
-        return self.released and self.steps > 0
-
-    @property
-    def aggregated(self) -> bool:
-        """The update entered the sum (older ledgers: every released update did)."""
-        return self.outcome == AGGREGATED if self.outcome is not None else self.released
 
 
 def _fsync_dir(path: Path) -> None:

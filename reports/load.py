@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.errors import FedsimError
+from fedsim.privacy.ledger import ReleaseOutcome
 
 LEDGER = Path("privacy") / "ledger.jsonl"
 SITE_LEDGERS = Path("privacy") / "clients"  # simulation: each client's own ledger
@@ -29,7 +30,7 @@ class ReportError(FedsimError):
 
 
 @dataclass(frozen=True, kw_only=True)
-class LedgerRecord:
+class LedgerRecord(ReleaseOutcome):
     """One client participation as the DP accountant recorded it."""
 
     round: int
@@ -46,23 +47,6 @@ class LedgerRecord:
     """aggregated, rejected, refused, late, exhausted (server); released (site)."""
     release: int | None = None
     site_epsilon: float | None = None
-
-    @property
-    def exhaustion_marker(self) -> bool:
-        """The client refused to train: nothing released, nothing spent."""
-        if self.outcome is not None:
-            return self.outcome == "exhausted"
-        return self.steps == 0 and not self.released
-
-    @property
-    def spends(self) -> bool:
-        """A noised update left the client (used or not): it counts in epsilon."""
-        return self.released and self.steps > 0
-
-    @property
-    def aggregated(self) -> bool:
-        """The update entered the sum (older ledgers: every released one did)."""
-        return self.outcome == "aggregated" if self.outcome is not None else self.released
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -151,13 +151,14 @@ def tags_of(x: np.ndarray, secret: bytes, binding: Binding, layout: Layout) -> n
         raise EncodingError(f"tagged part has {x.shape} values, expected {layout.tagged}")
     stream = Cipher(algorithms.ChaCha20(_stream_key(secret, binding, layout), bytes(16)),
                     mode=None).encryptor()
+    # k = w * (2h / 2^32) - h for the stream's words w, so <k, x> is
+    # (2h / 2^32) <w, x> - h sum(x): one pass over the words instead of three.
     out = np.zeros(layout.tags)
     for start in range(0, layout.tagged, _CHUNK):
         part = x[start : start + _CHUNK]
         words = np.frombuffer(stream.update(bytes(4 * layout.tags * part.size)), np.uint32)
-        unit = words.astype(np.float64) * 2.0**-_KEY_BITS
-        keys = (unit * (2 * _KEY_HALF_RANGE) - _KEY_HALF_RANGE).reshape(layout.tags, -1)
-        out += keys @ part
+        out += words.astype(np.float64).reshape(layout.tags, -1) @ part
+    out = out * (2 * _KEY_HALF_RANGE * 2.0**-_KEY_BITS) - _KEY_HALF_RANGE * float(np.sum(x))
     return out / layout.norm
 
 

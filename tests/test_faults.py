@@ -16,7 +16,7 @@ def test_timeout_and_dead_worker_do_not_stop_the_round(tmp_path, caplog):
     caplog.set_level("WARNING", logger="fedsim")
     # 4 actors on 2 cores: one sleeps, one dies and restarts, two keep serving
     cfg = build_config({"clients": 4, "rounds": 2, "fraction": 1.0, "local_epochs": 1,
-                        "round_timeout": 9, "cpus_per_client": 0.5,
+                        "round_timeout": 15, "cpus_per_client": 0.5,
                         "out": str(tmp_path / "run"), "seed": 1})
     outcome = simulate(cfg, client_app=crashing_clients.app)
     first, second = _rows(outcome.run_dir)

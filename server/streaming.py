@@ -61,10 +61,8 @@ def call_with_retry(call: Callable[[], T], what: str, *, budget_s: float = TRANS
                 raise
             log.warning("SuperLink %s failed (%s); asking again in %.1f s", what,
                         str(err).splitlines()[0], delay)
-            if stop is not None and stop.wait(delay):
+            if (stop or threading.Event()).wait(delay):
                 raise RunInterrupted("stop requested while the SuperLink was failing") from err
-            if stop is None:
-                time.sleep(delay)
             delay = min(delay * 2, 10.0)
 
 

@@ -65,14 +65,11 @@ def _register(argv: list[str]) -> None:
     mistyped flag would wait for all of them before its one-line error.
     """
     wanted = argv[1] if len(argv) > 1 and argv[1] in COMMANDS else None
-    for name, register in COMMANDS.items():
-        if wanted is None or name == wanted:
-            if register not in _done:
-                register()
-                _done.add(register)
+    # models and datasets share one registrar: each runs once
+    for register in dict.fromkeys(r for n, r in COMMANDS.items() if wanted in (None, n)):
+        register()
 
 
-_done: set = set()
 _register(sys.argv)
 
 

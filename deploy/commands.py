@@ -58,12 +58,13 @@ class SiteSetup:
 def superlink_argv(setup: SuperLinkSetup) -> list[str]:
     """`flower-superlink` with TLS, SuperNode authentication and a state database.
 
-    The ServerApp runs in Flower's default `subprocess` isolation (the SuperLink
-    starts it), from the packages installed in the image: nothing is installed at
-    run time.
+    It starts as `fedsim-superlink` (a longer SQLite lock wait: see
+    `fedsim.deploy.superlink`). The ServerApp runs in Flower's default `subprocess`
+    isolation (the SuperLink starts it), from the packages installed in the image:
+    nothing is installed at run time.
     """
     return [
-        "flower-superlink",
+        "fedsim-superlink",
         "--ssl-ca-certfile", setup.ca,
         "--ssl-certfile", setup.cert,
         "--ssl-keyfile", setup.key,

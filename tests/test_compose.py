@@ -111,7 +111,7 @@ def test_superlink_listens_on_its_loopback_behind_the_gateway(compose):
     argv = compose["services"]["superlink"]["command"]
     assert argv[:3] == ["python", "-m", "fedsim.deploy.gateway"]
     link = argv[argv.index("--") + 1:]
-    assert link[0] == "flower-superlink"
+    assert link[0] == "fedsim-superlink"
     assert link[link.index("--host") + 1] == "127.0.0.1"
     upstream = f"127.0.0.1:{link[link.index('--port') + 1]}"
     assert argv[argv.index("--upstream") + 1] == upstream

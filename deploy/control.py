@@ -27,7 +27,7 @@ from fedsim.deploy.flwr_cli import (
 )
 
 FINISHED = "finished"
-POLL_S = 5.0
+POLL_S = 15.0  # longest wait between status polls (each starts a `flwr ls`)
 POLL_FAILURES = 5  # status polls that may fail in a row while waiting for a run
 
 
@@ -114,11 +114,13 @@ def wait_for(conn: Connection, run_id: int, *, timeout: float,
              poll: float = POLL_S, tolerate: int = POLL_FAILURES) -> RunState:
     """Poll until the run has finished or `timeout` seconds have passed.
 
-    A poll that fails (the SuperLink busy or restarting) is retried; only
-    `tolerate` failures in a row end the wait.
+    Polls start 2 s apart and back off to `poll` seconds: each is a `flwr ls`
+    process, which on a small machine takes CPU from the run it waits for. A poll
+    that fails (the SuperLink busy or restarting) is retried; only `tolerate`
+    failures in a row end the wait.
     """
     deadline = time.monotonic() + timeout
-    failures = 0
+    failures, wait = 0, min(2.0, poll)
     while True:
         try:
             state = run_state(conn, run_id)
@@ -127,15 +129,15 @@ def wait_for(conn: Connection, run_id: int, *, timeout: float,
             failures += 1
             if failures > tolerate:
                 raise
-            time.sleep(poll)
-            continue
-        if state.finished:
+            state = None
+        if state is not None and state.finished:
             return state
-        if time.monotonic() > deadline:
+        if state is not None and time.monotonic() > deadline:
             raise DeployError(f"run {run_id} is still '{state.status}' after "
                               f"{timeout:.0f}s; check again with "
                               "`fedsim deploy status`")
-        time.sleep(poll)
+        time.sleep(wait)
+        wait = min(poll, wait * 1.5)
 
 
 def collect(source: Path, out: Path) -> Path:

@@ -50,6 +50,7 @@ def cuda_available() -> bool:
 
 
 ACTOR_RESTARTS = 1000  # a ClientApp worker that dies is restarted by Ray
+RAY_ADDRESS_ENV = "FEDSIM_RAY_ADDRESS"  # the Ray cluster runs use when no --ray-address
 
 
 def client_resources(cfg: RunConfig) -> dict[str, float]:
@@ -71,13 +72,18 @@ def client_resources(cfg: RunConfig) -> dict[str, float]:
 
 
 def backend_config(cfg: RunConfig, *, verbose: bool) -> dict:
-    """Flower's Ray backend settings: a local Ray, or an existing cluster."""
+    """Flower's Ray backend settings: a local Ray, or an existing cluster.
+
+    The cluster is --ray-address, else $FEDSIM_RAY_ADDRESS (a machine that keeps a
+    `ray start --head` for many runs saves each run Ray's start-up).
+    """
     init_args = {
         "logging_level": logging.INFO if verbose else logging.ERROR,
         "log_to_driver": verbose,
     }
-    if cfg.ray_address:
-        init_args["address"] = cfg.ray_address
+    address = cfg.ray_address or os.environ.get(RAY_ADDRESS_ENV) or None
+    if address:
+        init_args["address"] = address
     else:  # always a fresh local Ray, even if a `ray start` cluster runs here
         init_args.update(address="local", num_cpus=os.cpu_count() or 1,
                          include_dashboard=False)

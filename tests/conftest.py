@@ -39,3 +39,29 @@ def budgeted_dp_run(tmp_path_factory):
         "out": str(out),
     })
     return simulate(cfg)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_head():
+    """One local Ray head for the session's simulations ($FEDSIM_RAY_ADDRESS).
+
+    Each run then connects to it instead of starting and stopping a Ray of its own
+    (about 7 s a run). Runs given --ray-address use theirs. Set FEDSIM_TEST_OWN_RAY=1
+    to have every run start its own local Ray, as a user's run does.
+    """
+    from tests.ray_nodes import free_port, start_head, stop_node, wait_for_nodes
+
+    if os.environ.get("FEDSIM_TEST_OWN_RAY") == "1" or "FEDSIM_RAY_ADDRESS" in os.environ:
+        yield None
+        return
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    head = start_head(port, cpus=os.cpu_count() or 1)
+    try:
+        if not wait_for_nodes(address, 1, [head]):
+            pytest.fail(f"the session's Ray head at {address} did not start")
+        os.environ["FEDSIM_RAY_ADDRESS"] = address
+        yield address
+    finally:
+        os.environ.pop("FEDSIM_RAY_ADDRESS", None)
+        stop_node(head)

@@ -96,7 +96,7 @@ def run(
     insecure_reproducible_noise: Annotated[bool | None, typer.Option("--insecure-reproducible-noise", help="INSECURE, research only: derive DP-SGD's noise and Poisson batches from (seed, round, client) so a run repeats exactly. The server knows those numbers and can remove the noise: NO DP AGAINST THE SERVER (or, under HE, against other clients). \\[default: off]")] = None,
     secure_agg: Annotated[str | None, typer.Option(help="none, or he: clients send CKKS ciphertexts and the server sums what it cannot read. \\[default: none]")] = None,
     he_params: Annotated[str | None, typer.Option(help="HE parameter set: default or compact. \\[default: default]")] = None,
-    ray_address: Annotated[str | None, typer.Option(help="Run on an existing Ray cluster (HOST:PORT of its head, as `ray start --head` prints) instead of a local Ray. \\[default: none: a fresh local Ray]")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Run on an existing Ray cluster (HOST:PORT of its head, as `ray start --head` prints) instead of a local Ray. \\[default: $FEDSIM_RAY_ADDRESS when set, else a fresh local Ray]")] = None,
     out: Annotated[str | None, typer.Option(help="Run folder; one that already holds a run is refused (see --resume, --force). \\[default: runs/<timestamp>]")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the run already in --out (deletes it first). \\[default: off]")] = False,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue this run folder from its last complete round, with its own config.json (no other option but --verbose may be given). \\[default: none]")] = None,

@@ -9,7 +9,7 @@ Each site may name a TOML policy file in its node config (`policy=PATH`):
     [he]
     required = true        # refuse runs without secure aggregation
     [run]
-    models = ["cnn"]       # allowed models (absent: any)
+    models = ["dp-cnn"]    # allowed models (absent: any)
     datasets = ["digits"]  # allowed datasets (absent: any)
     max-rounds = 50
 

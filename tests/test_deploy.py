@@ -45,7 +45,7 @@ SITES = 4
 # Site 0 caps epsilon (the run stays below it, judged on site 0's own data size);
 # site 3 requires secure aggregation, which the run does not use.
 PERMISSIVE_POLICY = ('[dp]\nrequired = true\nmax-epsilon = 20.0\n'
-                     '[run]\nmodels = ["cnn"]\nmax-rounds = 5\n')
+                     '[run]\nmodels = ["cnn", "dp-cnn"]\nmax-rounds = 5\n')
 HE_POLICY = "[he]\nrequired = true\n"
 HE_PASSPHRASE = "deployment test passphrase"
 TURNED_AWAY = ("unenrolled", "no-ca", "wrong-ca")

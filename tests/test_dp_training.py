@@ -27,6 +27,7 @@ def tokens(n, seed=0, length=16, vocab=50):
 # A spec and example data for each registered model; a new model needs an entry.
 MODEL_EXAMPLES = {
     "cnn": (ModelSpec(name="cnn", input_shape=(1, 8, 8), num_classes=10), None),
+    "dp-cnn": (ModelSpec(name="dp-cnn", input_shape=(1, 8, 8), num_classes=10), None),
     "text": (ModelSpec(name="text", input_shape=(16,), num_classes=4, vocab_size=50),
              tokens),
 }

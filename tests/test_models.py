@@ -28,8 +28,13 @@ IMAGE_SPECS = {
     "mnist": ModelSpec(name="cnn", input_shape=(1, 28, 28), num_classes=10),
     "cifar10": ModelSpec(name="cnn", input_shape=(3, 32, 32), num_classes=10),
 }
+DP_SPECS = {
+    "digits": ModelSpec(name="dp-cnn", input_shape=(1, 8, 8), num_classes=10),
+    "mnist": ModelSpec(name="dp-cnn", input_shape=(1, 28, 28), num_classes=10),
+    "cifar10": ModelSpec(name="dp-cnn", input_shape=(3, 32, 32), num_classes=10),
+}
 TEXT_SPEC = ModelSpec(name="text", input_shape=(16,), num_classes=3, vocab_size=50)
-ALL_SPECS = [*IMAGE_SPECS.values(), TEXT_SPEC]
+ALL_SPECS = [*IMAGE_SPECS.values(), *DP_SPECS.values(), TEXT_SPEC]
 
 
 def fake_batch(spec: ModelSpec, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,6 +48,17 @@ def fake_batch(spec: ModelSpec, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_fedavg_cnn_has_the_papers_parameter_count():
     assert count_parameters(build_model(IMAGE_SPECS["mnist"])) == 1_663_370
+
+
+def test_dp_cnn_is_the_tanh_model_of_papernot_et_al():
+    # 28x28: conv 16@8x8/2, pool 2/1, conv 32@4x4/2, pool 2/1, FC 512->32, FC 32->10.
+    model = build_model(DP_SPECS["mnist"])
+    assert count_parameters(model) == 26_010
+    assert sum(isinstance(m, nn.Tanh) for m in model.modules()) == 3
+    assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+    assert count_parameters(build_model(DP_SPECS["digits"])) < 20_000
+    with pytest.raises(ConfigError, match="at least 6x6"):
+        build_model(ModelSpec(name="dp-cnn", input_shape=(1, 5, 5), num_classes=10))
 
 
 @pytest.mark.parametrize("spec", ALL_SPECS, ids=lambda s: f"{s.name}{s.input_shape}")

@@ -238,12 +238,42 @@ class PrivateTraining:
         _replace_noise(self.optimizer, randomness)
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor) -> float | None:
-        """One DP-SGD step on a batch; its mean loss (None for an empty batch)."""
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self.criterion(self.module(xb.to(self.device)), yb.to(self.device))
-        loss.backward()
+        """One DP-SGD step on a batch; its mean loss (None for an empty batch).
+
+        An example whose own gradient is not finite under this model (a global
+        crafted to overflow on one input) would turn the whole clipped sum into
+        NaN, and so tell whoever sees the update that it was there. Such examples
+        are found one by one and left out of the step: each counts as a clipped
+        contribution of zero, which the DP guarantee already covers. The others'
+        contributions and the noise are unchanged.
+        """
+        xb, yb = xb.to(self.device), yb.to(self.device)
+        loss = self._backward(xb, yb)
+        if not self._gradients_finite():
+            keep = [i for i in range(len(yb)) if self._finite_alone(xb[i:i + 1],
+                                                                   yb[i:i + 1])]
+            log.warning("left %d example(s) out of a DP step: their gradient under "
+                        "this model is not finite", len(yb) - len(keep))
+            xb, yb = xb[keep], yb[keep]
+            loss = self._backward(xb, yb)
         self.optimizer.step()
         return float(loss.detach()) if len(yb) else None
+
+    def _backward(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.criterion(self.module(xb), yb)
+        loss.backward()
+        return loss
+
+    def _finite_alone(self, x: torch.Tensor, y: torch.Tensor) -> bool:
+        self._backward(x, y)
+        return self._gradients_finite()
+
+    def _gradients_finite(self) -> bool:
+        """Whether the per-example gradients (hooks) or the clipped sum (ghost) are finite."""
+        field = "grad_sample" if self.grad_sample_mode == "hooks" else "grad"
+        return all(g is None or bool(torch.isfinite(g).all())
+                   for g in (getattr(p, field, None) for p in self.model.parameters()))
 
     @property
     def steps(self) -> int:

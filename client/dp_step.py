@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import secrets
 from dataclasses import dataclass
@@ -37,9 +38,12 @@ import torch
 from flwr.app import Context, Message
 
 from fedsim import protocol
-from fedsim.errors import FedsimError
+from fedsim.errors import ConfigError, FedsimError
 from fedsim.privacy.accounting import (
+    RUN_ACCOUNTANTS,
+    STEPS_MAX,
     calibrate_noise,
+    check_history,
     default_delta,
     epsilon,
     participation_cap,
@@ -122,7 +126,7 @@ def run_key(msg: Message, context: Context, settings: dict) -> str:
     """
     if is_simulated(msg, context) and settings.get("run_id"):
         return str(settings["run_id"])
-    return f"flower-{context.run_id}"
+    return protocol.flower_run_key(context.run_id)
 
 
 def _records(ledger: PrivacyLedger) -> list[LedgerRecord]:
@@ -141,36 +145,69 @@ def _append(ledger: PrivacyLedger, record: LedgerRecord) -> None:
                           "this site releases no DP update it cannot record") from err
 
 
+def run_records(ledger: PrivacyLedger, run: str, client_id: int) -> list[LedgerRecord]:
+    """This client's records of this run in the site's ledger, oldest first."""
+    return [r for r in _records(ledger) if r.run == run and r.client_id == client_id]
+
+
 def own_history(ledger: PrivacyLedger, run: str, client_id: int
                 ) -> tuple[list[Entry], bool]:
     """(this run's releases from the site's ledger, whether it already ran out)."""
-    mine = [r for r in _records(ledger) if r.run == run and r.client_id == client_id]
-    entries = [(r.round, r.release, r.noise_multiplier, r.sample_rate, r.steps)
-               for r in mine if r.spends]
-    return entries, any(r.exhaustion_marker for r in mine)
+    mine = run_records(ledger, run, client_id)
+    return _entries(mine), any(r.exhaustion_marker for r in mine)
+
+
+def _entries(records: list[LedgerRecord]) -> list[Entry]:
+    return [(r.round, r.release, r.noise_multiplier, r.sample_rate, r.steps)
+            for r in records if r.spends]
+
+
+MAX_SERVER_HISTORY = 1000
+"""Entries of the server's history a site reads at most (a run has one a round)."""
 
 
 def parse_server_history(text: str | None) -> list[Entry]:
     """The server's copy: [round, release, noise, rate, steps] (or old [noise, rate, steps]).
 
     Anything malformed is ignored with a warning: the site's own ledger is the
-    authority, the server's copy can only add to it.
+    authority, the server's copy can only add to it. Each entry must hold finite
+    numbers an accountant can take (noise >= 0, rate in (0, 1], 1 to STEPS_MAX
+    steps); a history longer than MAX_SERVER_HISTORY is ignored whole.
     """
     if not text:
         return []
     try:
-        entries = []
-        for item in json.loads(text):
-            if len(item) == 3:
-                entries.append((0, None, float(item[0]), float(item[1]), int(item[2])))
-            else:
-                rnd, release, noise, rate, steps = item
-                entries.append((int(rnd), None if release is None else int(release),
-                                float(noise), float(rate), int(steps)))
-    except (TypeError, ValueError) as err:
+        items = json.loads(text)
+    except (ValueError, RecursionError) as err:
         log.warning("ignored a malformed privacy history from the server (%s)", err)
         return []
-    return [e for e in entries if e[4] > 0 and e[2] >= 0 and 0 < e[3] <= 1]
+    if not isinstance(items, list) or len(items) > MAX_SERVER_HISTORY:
+        log.warning("ignored the server's privacy history: not a list of at most %d "
+                    "entries", MAX_SERVER_HISTORY)
+        return []
+    entries = [e for e in map(_server_entry, items) if e is not None]
+    if len(entries) < len(items):
+        log.warning("ignored %d malformed entries of the server's privacy history",
+                    len(items) - len(entries))
+    return entries
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _server_entry(item: object) -> Entry | None:
+    if not isinstance(item, list) or len(item) not in (3, 5):
+        return None
+    rnd, release, noise, rate, steps = item if len(item) == 5 else (0, None, *item)
+    if not _whole(rnd) or not (release is None or _whole(release)) or not _whole(steps) \
+            or not 0 < steps <= STEPS_MAX:
+        return None
+    try:
+        check_history([(noise, rate, steps)])
+    except ConfigError:
+        return None
+    return (rnd, release, float(noise), float(rate), steps)
 
 
 def merge_histories(own: list[Entry], server: list[Entry]) -> list[Entry]:
@@ -192,6 +229,63 @@ def client_delta(dp: dict, n: int) -> float:
     return float(dp["delta"]) if dp.get("delta") is not None else default_delta(n)
 
 
+def _number(dp: dict, key: str) -> float | None:
+    """dp[key] as a finite positive float (None if absent); a FedsimError otherwise."""
+    value = dp.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not math.isfinite(value) or value <= 0:
+        raise FedsimError(f"the run's DP setting {key} must be a finite number > 0, "
+                          f"got {value!r}; this site does not train on it")
+    return float(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SiteTerms:
+    """The DP terms a site holds itself to in one run: only ever tightened.
+
+    A message's delta, accountant and budget are input to check: the first
+    participation in a run fixes them in the site's ledger, and later messages can
+    lower the budget or delta, never raise them, nor change the accountant.
+    """
+
+    delta: float
+    accountant: str
+    budget: float | None
+
+
+def site_terms(dp: dict, *, n: int, records: list[LedgerRecord],
+               policy_cap: float | None) -> SiteTerms:
+    """This participation's terms: the message's, checked, tightened by the ledger's.
+
+    - accountant: rdp or prv (gdp can understate); the run's first record's once
+      there is one;
+    - delta: below 1/n; the smallest of the message's and every record's;
+    - budget: the smallest of the message's epsilon_budget and target_epsilon,
+      the site policy's max-epsilon and every budget this run's records hold.
+    """
+    accountant = dp.get("accountant")
+    if accountant not in RUN_ACCOUNTANTS:
+        raise FedsimError(f"the run asks for accountant {accountant!r}; this site "
+                          f"accounts with one of {', '.join(RUN_ACCOUNTANTS)} only")
+    delta = _number(dp, "delta") or default_delta(n)
+    if delta >= 1.0 / n:
+        raise FedsimError(f"the run's delta {delta:g} is not below 1/n = {1.0 / n:g} "
+                          f"for this site's {n} examples; this site does not train on it")
+    pinned = [r.accountant for r in records if r.accountant in RUN_ACCOUNTANTS]
+    if pinned and pinned[0] != accountant:
+        log.warning("the run now asks for accountant %s; this site keeps %s, which its "
+                    "first participation in the run used", accountant, pinned[0])
+    caps = [_number(dp, "epsilon_budget"), _number(dp, "target_epsilon"), policy_cap,
+            *(r.budget for r in records)]
+    caps = [float(c) for c in caps if c is not None]
+    return SiteTerms(
+        delta=min([delta, *(r.delta for r in records if 0 < r.delta < 1)]),
+        accountant=pinned[0] if pinned else str(accountant),
+        budget=min(caps) if caps else None)
+
+
 def noise_for(dp: dict, *, n: int, batch_size: int, local_epochs: int,
               rounds: int) -> float:
     """The noise multiplier: given, or calibrated for the worst case.
@@ -200,8 +294,12 @@ def noise_for(dp: dict, *, n: int, batch_size: int, local_epochs: int,
     (`participation_cap`: every round, or --max-participations): calibrated for
     that, no client's epsilon passes the target however sampling falls.
     """
-    if dp.get("noise_multiplier") is not None:
-        return float(dp["noise_multiplier"])
+    given = _number(dp, "noise_multiplier")
+    if given is not None:
+        return given
+    if _number(dp, "target_epsilon") is None:
+        raise FedsimError("the run gives neither a noise multiplier nor a target "
+                          "epsilon; this site does not train without one")
     steps = steps_per_participation(n, batch_size, local_epochs)
     total = steps * participation_cap(rounds, dp.get("max_participations"))
     return _calibrated(float(dp["target_epsilon"]), client_delta(dp, n),
@@ -214,6 +312,14 @@ def _calibrated(target: float, delta: float, rate: float, steps: int, accountant
     """Calibration is a pure (and slow) search: one per worker and setting."""
     return calibrate_noise(target_epsilon=target, delta=delta, sample_rate=rate,
                            steps=steps, accountant=accountant)
+
+
+def policy_cap(context: Context) -> float | None:
+    """The site policy's max-epsilon (node config `policy`), a budget of its own."""
+    from fedsim.client.policy import site_policy
+
+    policy = site_policy(context.node_config)
+    return None if policy is None else policy.max_epsilon
 
 
 def dp_randomness(settings: dict, *, server_round: int, client_id: int):
@@ -268,14 +374,18 @@ def dp_train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, *, msg: Messa
     dp, n = settings["dp"], len(y)
     ledger = PrivacyLedger(site_ledger_path(msg, context, client_id))
     run = run_key(msg, context, settings)
-    own, _ = own_history(ledger, run, client_id)
+    records = run_records(ledger, run, client_id)
+    terms = site_terms(dp, n=n, records=records, policy_cap=policy_cap(context))
     sent = config.get(protocol.DP_HISTORY)
-    history = merge_histories(own, parse_server_history(None if sent is None
-                                                        else str(sent)))
+    history = merge_histories(_entries(records), parse_server_history(
+        None if sent is None else str(sent)))
     noise = noise_for(dp, n=n, batch_size=settings["batch_size"],
                       local_epochs=settings["local_epochs"], rounds=settings["rounds"])
-    delta, accountant = client_delta(dp, n), dp["accountant"]
-    budget = None if dp.get("epsilon_budget") is None else float(dp["epsilon_budget"])
+    delta, accountant, budget = terms.delta, terms.accountant, terms.budget
+    clip = _number(dp, "max_grad_norm")
+    if clip is None:
+        raise FedsimError("the run gives no max_grad_norm; this site does not train "
+                          "without a clipping bound")
     planned = (noise, sample_rate(n, settings["batch_size"]),
                steps_per_participation(n, settings["batch_size"], settings["local_epochs"]))
     common = dict(run=run, server_round=server_round, client_id=client_id, delta=delta,
@@ -290,7 +400,7 @@ def dp_train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, *, msg: Messa
             protocol.DP_DELTA: delta}), None
     result = train_dp(model, x, y, epochs=settings["local_epochs"],
                       batch_size=settings["batch_size"], lr=settings["lr"],
-                      noise_multiplier=noise, max_grad_norm=float(dp["max_grad_norm"]),
+                      noise_multiplier=noise, max_grad_norm=clip,
                       device=device,
                       randomness=dp_randomness(settings, server_round=server_round,
                                                client_id=client_id))

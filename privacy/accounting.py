@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -91,15 +92,57 @@ def compact(history: Sequence[Step]) -> list[Step]:
     return [(noise, rate, n) for (noise, rate), n in merged.items() if n > 0]
 
 
+NOISE_ACCOUNTED_MAX = 100.0
+"""Noise multipliers above this are accounted as this: an upper bound on epsilon
+(less noise spends more), and Opacus' RDP analysis of huge multipliers runs for
+seconds (of infinite ones, forever)."""
+NOISE_ACCOUNTED_MIN = 1e-6
+"""Below this a step counts as unnoised: epsilon infinity (Opacus divides by it)."""
+STEPS_MAX = 10**9
+PRV_RDP_CUTOFF = 50.0
+"""PRV is computed only where RDP's epsilon is at most this; beyond it the RDP value
+(an upper bound) is the answer. PRV's grid grows with epsilon: a few hundred steps
+of low noise take Opacus' PRV accountant minutes and more memory than a site has,
+while no budget a run would set is near either value."""
+
+
+def _real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def check_history(history: Sequence[Step]) -> None:
+    """A ConfigError unless every (noise, rate, steps) is one an accountant can take."""
+    for noise, rate, steps in history:
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) \
+                or not 0 <= steps <= STEPS_MAX:
+            raise ConfigError(f"a DP step count must be a whole number in [0, "
+                              f"{STEPS_MAX}], got {steps!r}")
+        if steps == 0:
+            continue  # spends nothing, whatever it says
+        if not _real(noise) or noise < 0:
+            raise ConfigError(f"a DP step's noise multiplier must be a finite number "
+                              f">= 0, got {noise!r}")
+        if not _real(rate) or not 0 < rate <= 1:
+            raise ConfigError(f"a DP step's sample rate must be in (0, 1], got {rate!r}")
+
+
 def epsilon(
     history: Sequence[Step], *, delta: float, accountant: Accountant
 ) -> float:
     """Epsilon spent by `history` at `delta`, as the Opacus accountant computes it.
 
-    An empty history (or one with no steps) has spent nothing: 0.0.
+    An empty history (or one with no steps) has spent nothing: 0.0. Entries are
+    checked (`check_history`); noise above NOISE_ACCOUNTED_MAX counts as that, below
+    NOISE_ACCOUNTED_MIN as none (infinity); PRV answers with RDP's value above
+    PRV_RDP_CUTOFF. Each of these can only raise the epsilon returned.
     """
+    check_history(history)
+    if not (_real(delta) and 0 < delta < 1):
+        raise ConfigError(f"delta must be in (0, 1), got {delta!r}")
     acc = _new_accountant(accountant)
-    entries = compact(history)
+    entries = compact([(min(float(noise), NOISE_ACCOUNTED_MAX), rate, steps)
+                       for noise, rate, steps in history if steps])
     if not entries:
         return 0.0
     if accountant == "gdp" and len(entries) > 1:
@@ -107,12 +150,16 @@ def epsilon(
             "the gdp accountant needs one noise multiplier and sample rate for all "
             f"steps, got {len(entries)} different ones; use --accountant rdp or prv"
         )
+    if any(noise < NOISE_ACCOUNTED_MIN for noise, _, _ in entries):
+        return math.inf
     with warnings.catch_warnings():
         # RDP notes when the best order is at the edge of Opacus' default orders;
         # the bound is still valid (only possibly loose), so keep the CLI quiet.
         warnings.filterwarnings("ignore", message="Optimal order is the")
-        if accountant == "rdp":
-            return _rdp_epsilon(entries, delta)
+        if accountant in ("rdp", "prv"):
+            rdp = _rdp_epsilon(entries, delta)
+            if accountant == "rdp" or rdp > PRV_RDP_CUTOFF:
+                return rdp
         acc.history = entries
         return float(acc.get_epsilon(delta=delta))
 

@@ -31,7 +31,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 
 from fedsim import protocol
-from fedsim.privacy.accounting import default_delta, epsilon
+from fedsim.privacy.accounting import STEPS_MAX, default_delta, epsilon
 from fedsim.privacy.ledger import (
     AGGREGATED,
     EXHAUSTED,
@@ -59,7 +59,8 @@ def _number(value) -> bool:
 def release_step(metrics) -> tuple[float, float, int] | None:
     """The DP-SGD a reply says it ran, or None when that is missing or malformed."""
     values = [metrics.get(k) for k in _DP_KEYS]
-    if not all(_number(v) and v > 0 for v in values) or values[1] > 1:
+    if not all(_number(v) and v > 0 for v in values) or values[1] > 1 \
+            or values[2] != int(values[2]) or values[2] > STEPS_MAX:
         return None
     return float(values[0]), float(values[1]), int(values[2])
 

@@ -19,6 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedsim.client.app import app as client_app
 from fedsim.deploy.runconfig import DeployPlan, deploy_plan, model_spec
 from fedsim.errors import ConfigError
+from fedsim.protocol import flower_run_key
 from fedsim.server.app import HEPlan, ServerPlan, run_server
 
 log = logging.getLogger("fedsim.deploy")
@@ -44,13 +45,13 @@ def he_plan(plan: DeployPlan) -> HEPlan | None:
                   client_key_path=plan.he_client_key)
 
 
-def server_plan(plan: DeployPlan, run_dir: Path, *, flower_run_id: int) -> ServerPlan:
+def server_plan(plan: DeployPlan, run_dir: Path) -> ServerPlan:
     """Fedsim's ServerPlan for a deployment: no data on the server, no central eval."""
     cfg = plan.config
     return ServerPlan(
         config=cfg, model=model_spec(plan), data_dir=None,
         ledger_path=str(run_dir / "privacy" / "ledger.jsonl") if cfg.dp else None,
-        run_id=f"flower-{flower_run_id}",  # what each SuperNode calls this run
+        run_id=flower_run_key(plan.flower_run_id),  # what each SuperNode calls this run
         he=he_plan(plan), central_eval=False,
         handshake_timeout=plan.handshake_timeout,
     )
@@ -62,7 +63,7 @@ def run_deployment(grid: Grid, context: Context) -> Path:
 
     plan = deploy_plan(context.run_config, run_id=context.run_id)
     recorder = DeployRecorder.create(plan)
-    splan = server_plan(plan, recorder.run_dir, flower_run_id=context.run_id)
+    splan = server_plan(plan, recorder.run_dir)
     recorder.write_config(splan)
     log.warning("fedsim: run folder %s", recorder.run_dir)
     try:

@@ -41,6 +41,7 @@ class DeployPlan:
     """A validated deployment run: fedsim's config plus where things are."""
 
     config: RunConfig
+    flower_run_id: int  # Flower's id of this run (names it in ledgers and HE tags)
     out: Path  # the base folder; this run's folder is out/<run name>
     run_name: str
     he_context: str | None
@@ -130,7 +131,7 @@ def deploy_plan(run_config: Mapping[str, Any], *, run_id: int) -> DeployPlan:
     if problems:
         raise ConfigError(problems)
     return DeployPlan(
-        config=config, out=Path(str(values.get("out") or DEFAULT_OUT)),
+        config=config, flower_run_id=run_id, out=Path(str(values.get("out") or DEFAULT_OUT)),
         he_context=_optional_path(run_config, "he-context"),
         he_client_key=_optional_path(run_config, "he-client-key")
         or DEFAULT_HE_CLIENT_KEY, **extras)

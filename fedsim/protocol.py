@@ -36,6 +36,14 @@ def decode_settings(text: str) -> dict:
     return json.loads(text)
 
 
+def flower_run_key(flower_run_id: int) -> str:
+    """A deployed run's name in ledgers and HE tags, from Flower's run id.
+
+    Every SuperNode learns that id from its own SuperLink connection.
+    """
+    return f"flower-{flower_run_id}"
+
+
 # Differential privacy: MetricRecord keys of a DP client's reply
 DP_NOISE = "dp-noise-multiplier"
 DP_SAMPLE_RATE = "dp-sample-rate"

@@ -203,7 +203,7 @@ def run_server(grid: Grid, plan: ServerPlan, listener: RoundListener) -> None:
     """The ServerApp body: discover clients, run the rounds, hand over the model."""
     cfg = plan.config
     if plan.he is not None and not plan.he.run_id:
-        plan = replace(plan, he=replace(plan.he, run_id=f"flower-{grid.run.run_id}"))
+        plan = replace(plan, he=replace(plan.he, run_id=protocol.flower_run_key(grid.run.run_id)))
     streaming = StreamingGrid(grid, stop=plan.stop)
     try:
         federation = discover(streaming, expected=cfg.clients, seed=cfg.seed,

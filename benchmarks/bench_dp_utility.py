@@ -20,7 +20,7 @@ from fedsim.config import build_config
 from fedsim.simulations.runner import simulate
 
 BASE = {"clients": 10, "fraction": 1.0, "local_epochs": 1, "batch_size": 32, "lr": 0.2,
-        "seed": 42}
+        "max_grad_norm": 1.0, "model": "cnn", "seed": 42}  # the FedAvg CNN, DP or not
 
 
 def run(rounds: int, target: float | None, folder: Path) -> dict:

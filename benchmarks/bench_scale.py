@@ -32,7 +32,7 @@ def run_one(clients: int, mode: str, rounds: int, dataset: str, folder: Path) ->
     out = folder / f"{mode}-{clients}"
     cmd = [sys.executable, "-m", "fedsim", "run", "--clients", str(clients),
            "--fraction", "0.1", "--rounds", str(rounds), "--local-epochs", "1",
-           "--dataset", dataset, "--out", str(out), *MODES[mode]]
+           "--dataset", dataset, "--model", "cnn", "--out", str(out), *MODES[mode]]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start

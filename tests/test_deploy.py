@@ -1,12 +1,13 @@
-"""A real deployment on 127.0.0.1: flower-superlink and flower-supernode processes.
+"""A real deployment on 127.0.0.1: fedsim-superlink and flower-supernode processes.
 
 The certificates and site keys come from `fedsim certs init`, the commands from
 fedsim.deploy.commands (the ones docker-compose.yml runs), the run from
 `fedsim deploy submit` (which drives `flwr run` on the deploy app). Four enrolled
 sites join one 2-round DP run: two train (site 0 under a policy whose epsilon
 cap the run respects, site 1 without a policy), site 2 has no data folder, site
-3's policy requires secure aggregation. A second run adds CKKS secure aggregation
-(keys from `fedsim keys init`; the server gets server.ctx only): site 3 trains too.
+3's policy requires secure aggregation. A second, 1-round run adds CKKS secure
+aggregation (keys from `fedsim keys init`; the server gets server.ctx only): site 3
+trains too.
 Three more SuperNodes must be turned away: an unenrolled key, no CA, a wrong CA.
 Every process runs in its own process group and is killed at the end.
 """
@@ -461,12 +462,12 @@ class FinishedRun:
     submit_output: str
 
 
-def _submit(cluster: Cluster, name: str, *extra: str) -> FinishedRun:
-    """Submit a 2-round DP run to all sites, wait for it, collect its folder."""
+def _submit(cluster: Cluster, name: str, *extra: str, rounds: int = 2) -> FinishedRun:
+    """Submit a DP run to all sites, wait for it, collect its folder."""
     server_runs, collected = cluster.root / "server-runs", cluster.root / f"got-{name}"
     argv = fedsim_cmd(
         "deploy", "submit", "--superlink", cluster.superlink, "--ca", cluster.ca,
-        "--clients", str(SITES), "--rounds", "2", "--fraction", "1.0",
+        "--clients", str(SITES), "--rounds", str(rounds), "--fraction", "1.0",
         "--local-epochs", "1", "--batch-size", "16", "--lr", "0.2", "--dp",
         "--noise-multiplier", "1.0", *extra,
         "--run-name", name, "--server-out", str(server_runs), "--wait",
@@ -494,8 +495,10 @@ def finished_run(cluster, turned_away):
 
 @pytest.fixture(scope="module")
 def finished_he_run(cluster, finished_run):
+    # One round: its evaluation already has every site decrypt and verify the
+    # aggregate (the plaintext run above covers a second round's history).
     return _submit(cluster, "e2e-he", "--secure-agg", "he", "--he-context",
-                   str(cluster.he_dir / "server.ctx"))
+                   str(cluster.he_dir / "server.ctx"), rounds=1)
 
 
 def test_run_folder_is_complete(finished_run):
@@ -555,7 +558,7 @@ def test_server_log_names_each_failure(finished_run):
 def test_sites_log_their_own_side(cluster, finished_run):
     logs = {site: cluster.procs.log(f"site-{site}") for site in range(SITES)}
     assert "runs unrestricted" in logs[1]
-    # once per run, not per message (each run sends site 1 four messages; the HE run
+    # once per run, not per message (the run sends site 1 four messages; the HE run
     # may already have happened when this test runs)
     assert 1 <= logs[1].count("runs unrestricted") <= 2
     assert "refused by site policy" in logs[3]
@@ -573,6 +576,8 @@ def test_app_folder_shadows_no_standard_module():
 
 
 def test_he_run_trains_the_site_that_requires_he(finished_he_run):
+    assert [row["round"] for row in finished_he_run.rows] == [1]
+    assert finished_he_run.summary["finished"] is True
     for row in finished_he_run.rows:
         assert row["clients_replied"] == 3  # sites 0, 1 and 3
         assert row["failed"] == 2  # site 2 (no data), in training and evaluation

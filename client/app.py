@@ -90,6 +90,9 @@ def hello(msg: Message, context: Context) -> Message:
 def _local_training(model, x, y, settings, context, msg, cid):
     server_round = int(msg.content[protocol.CONFIG][protocol.ROUND])
     device = resolve_device(settings["device"])
+    from fedsim.client.dp_step import refuse_dp_switched_off
+
+    refuse_dp_switched_off(msg, context, settings, cid)
     if settings.get("dp"):  # secret noise, the site's own ledger: see dp_step
         from fedsim.client.dp_step import dp_train
 
@@ -131,6 +134,9 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)
     cid = client_id(context)
     settings = _settings(msg)
+    from fedsim.client.dp_step import refuse_dp_switched_off
+
+    refuse_dp_switched_off(msg, context, settings, cid)
     if settings.get("dp"):
         from fedsim.client.dp_step import exhausted_for_evaluation
 

@@ -98,18 +98,40 @@ def _flwr_home() -> Path:
 
 def site_ledger_path(msg: Message, context: Context, client_id: int) -> Path:
     """This client's own ledger file (see the module docstring for the order)."""
+    folder, default = _ledger_folder(msg, context)
+    if default:
+        _note_default_folder(str(folder))
+    return folder / f"client-{client_id}.jsonl"
+
+
+def _ledger_folder(msg: Message, context: Context) -> tuple[Path, bool]:
+    """(the folder of this site's ledgers, whether it is the default one)."""
     config = msg.content[protocol.CONFIG]
     node_dir = context.node_config.get(NODE_CONFIG_KEY)
     if node_dir:
-        folder = Path(str(node_dir))
-    elif is_simulated(msg, context) and protocol.SIM_PRIVACY_DIR in config:
-        folder = Path(str(config[protocol.SIM_PRIVACY_DIR]))
-    elif os.environ.get(ENV_VAR):
-        folder = Path(os.environ[ENV_VAR])
-    else:
-        folder = _flwr_home() / FLWR_SUBDIR
-        _note_default_folder(str(folder))
-    return folder / f"client-{client_id}.jsonl"
+        return Path(str(node_dir)), False
+    if is_simulated(msg, context) and protocol.SIM_PRIVACY_DIR in config:
+        return Path(str(config[protocol.SIM_PRIVACY_DIR])), False
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR]), False
+    return _flwr_home() / FLWR_SUBDIR, True
+
+
+def refuse_dp_switched_off(msg: Message, context: Context, settings: dict,
+                           client_id: int) -> None:
+    """A run a site took part in with DP stays a DP run for it.
+
+    A message of that run without DP (the server switching it off, say once the
+    budget is spent) is refused for training and evaluation alike. Deployed sites
+    only: a simulated client's ledger folder is the driver's to name.
+    """
+    if settings.get("dp") or is_simulated(msg, context):
+        return
+    path = _ledger_folder(msg, context)[0] / f"client-{client_id}.jsonl"
+    if path.exists() and run_records(PrivacyLedger(path),
+                                     run_key(msg, context, settings), client_id):
+        raise FedsimError("this site took part in this run with DP; it neither trains "
+                          "nor evaluates for it without DP")
 
 
 @functools.lru_cache(maxsize=8)
@@ -164,6 +186,9 @@ def _entries(records: list[LedgerRecord]) -> list[Entry]:
 
 MAX_SERVER_HISTORY = 1000
 """Entries of the server's history a site reads at most (a run has one a round)."""
+MAX_SERVER_STEP_KINDS = 16
+"""Distinct (noise, rate) pairs a server history may hold (one DP analysis each, up
+to a second apiece; a site's own releases use one or a few)."""
 
 
 def parse_server_history(text: str | None) -> list[Entry]:
@@ -186,6 +211,10 @@ def parse_server_history(text: str | None) -> list[Entry]:
                     "entries", MAX_SERVER_HISTORY)
         return []
     entries = [e for e in map(_server_entry, items) if e is not None]
+    if len({(e[2], e[3]) for e in entries}) > MAX_SERVER_STEP_KINDS:
+        log.warning("ignored the server's privacy history: more than %d distinct "
+                    "(noise, rate) pairs", MAX_SERVER_STEP_KINDS)
+        return []
     if len(entries) < len(items):
         log.warning("ignored %d malformed entries of the server's privacy history",
                     len(items) - len(entries))
@@ -302,6 +331,9 @@ def noise_for(dp: dict, *, n: int, batch_size: int, local_epochs: int,
                           "epsilon; this site does not train without one")
     steps = steps_per_participation(n, batch_size, local_epochs)
     total = steps * participation_cap(rounds, dp.get("max_participations"))
+    if total > STEPS_MAX:
+        raise FedsimError(f"the run asks to calibrate noise for {total:,} DP steps; "
+                          f"this site accounts at most {STEPS_MAX:,}")
     return _calibrated(float(dp["target_epsilon"]), client_delta(dp, n),
                        sample_rate(n, batch_size), total, dp["accountant"])
 

@@ -4,7 +4,7 @@ Each site may name a TOML policy file in its node config (`policy=PATH`):
 
     [dp]
     required = true        # refuse runs without DP-SGD
-    max-epsilon = 8.0      # the run may never spend more than this at this site
+    max-epsilon = 8.0      # no run may spend more than this at this site (per run)
     max-delta = 1e-5       # delta ceiling
     [he]
     required = true        # refuse runs without secure aggregation

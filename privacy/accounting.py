@@ -99,6 +99,7 @@ seconds (of infinite ones, forever)."""
 NOISE_ACCOUNTED_MIN = 1e-6
 """Below this a step counts as unnoised: epsilon infinity (Opacus divides by it)."""
 STEPS_MAX = 10**9
+PRV_CALIBRATION_STEPS_MAX = 10_000
 PRV_RDP_CUTOFF = 50.0
 """PRV is computed only where RDP's epsilon is at most this; beyond it the RDP value
 (an upper bound) is the answer. PRV's grid grows with epsilon: a few hundred steps
@@ -198,12 +199,17 @@ def calibrate_noise(
 
     Opacus' binary search: the smallest multiplier (within its 0.01 epsilon
     tolerance) keeping `steps` steps at `sample_rate` within (target_epsilon, delta).
+    PRV over more than PRV_CALIBRATION_STEPS_MAX steps is searched with RDP instead
+    (each PRV probe then takes seconds and gigabytes); RDP's multiplier is larger,
+    so the target still holds under PRV.
     """
+    if accountant == "prv" and steps > PRV_CALIBRATION_STEPS_MAX:
+        accountant = "rdp"
     problems = check_dp_params(target_epsilon=target_epsilon, delta=delta)
     if not 0.0 < sample_rate <= 1.0:
         problems.append(f"sample rate must be in (0, 1], got {sample_rate}")
-    if steps <= 0:
-        problems.append(f"steps must be > 0, got {steps}")
+    if not 0 < steps <= STEPS_MAX:
+        problems.append(f"steps must be in 1..{STEPS_MAX:,}, got {steps}")
     if problems:
         raise ConfigError(problems)
     _new_accountant(accountant)  # rejects unknown kinds with the flag's name

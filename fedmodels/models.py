@@ -81,20 +81,6 @@ class FedAvgCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def _build_cnn(spec: ModelSpec) -> nn.Module:
-    if len(spec.input_shape) != 3:
-        raise ConfigError(
-            f"model 'cnn' needs image input (channels, height, width), "
-            f"got shape {spec.input_shape}; use --model text for text datasets"
-        )
-    if min(spec.input_shape[1:]) < 4:
-        raise ConfigError(
-            f"model 'cnn' pools twice by 2, so images must be at least 4x4, got "
-            f"{spec.input_shape[1]}x{spec.input_shape[2]}; use larger images"
-        )
-    return FedAvgCNN(spec.input_shape, spec.num_classes)
-
-
 class TanhCNN(nn.Module):
     """A small tanh CNN for DP-SGD: tempered sigmoids (Papernot et al. 2021).
 
@@ -129,18 +115,24 @@ class TanhCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def _build_tanh_cnn(spec: ModelSpec) -> nn.Module:
-    if len(spec.input_shape) != 3:
-        raise ConfigError(
-            f"model 'dp-cnn' needs image input (channels, height, width), "
-            f"got shape {spec.input_shape}; use --model text for text datasets"
-        )
-    if min(spec.input_shape[1:]) < 6:
-        raise ConfigError(
-            f"model 'dp-cnn' needs images of at least 6x6, got "
-            f"{spec.input_shape[1]}x{spec.input_shape[2]}; use larger images"
-        )
-    return TanhCNN(spec.input_shape, spec.num_classes)
+def _image_model(name: str, model: type[nn.Module], min_side: int, why: str
+                 ) -> Callable[[ModelSpec], nn.Module]:
+    """A builder of `model` that names what is wrong with a spec it cannot fit."""
+
+    def build(spec: ModelSpec) -> nn.Module:
+        if len(spec.input_shape) != 3:
+            raise ConfigError(
+                f"model '{name}' needs image input (channels, height, width), "
+                f"got shape {spec.input_shape}; use --model text for text datasets"
+            )
+        if min(spec.input_shape[1:]) < min_side:
+            raise ConfigError(
+                f"model '{name}' {why}, so images must be at least {min_side}x{min_side}, "
+                f"got {spec.input_shape[1]}x{spec.input_shape[2]}; use larger images"
+            )
+        return model(spec.input_shape, spec.num_classes)
+
+    return build
 
 
 def distinct_token_mask(tokens: torch.Tensor) -> torch.Tensor:
@@ -191,9 +183,10 @@ def _build_text(spec: ModelSpec) -> nn.Module:
 
 _REGISTRY: dict[str, tuple[str, Callable[[ModelSpec], nn.Module]]] = {
     "cnn": ("FedAvg-paper CNN (2x conv5x5 32/64, FC 512), sized for the input",
-            _build_cnn),
+            _image_model("cnn", FedAvgCNN, 4, "pools twice by 2")),
     "dp-cnn": ("small tanh CNN for DP-SGD (conv 16/32, FC 32; Papernot et al. 2021); "
-               "--dp's default for images", _build_tanh_cnn),
+               "--dp's default for images",
+               _image_model("dp-cnn", TanhCNN, 6, "convolves and pools twice")),
     "text": (f"bag-of-embeddings text classifier ({TEXT_EMBED_DIM}-dim embeddings of "
              "the distinct words, sqrt pooling, linear head)", _build_text),
 }

@@ -93,3 +93,19 @@ def clipped_gradient(global_state: dict, x: np.ndarray, label: int,
     grads = torch.autograd.grad(loss, list(model.parameters()))
     flat_grad = torch.cat([g.flatten().double() for g in grads])
     return flat_grad * min(1.0, clip / (float(flat_grad.norm()) + 1e-6))
+
+
+def neighbour_replies(folder: Path, x: np.ndarray, y: np.ndarray, state: dict,
+                      run: dict) -> list[Message]:
+    """One round's replies of two clients whose data differ in row 0 only.
+
+    "with" holds (x, y); "without" has row 0 replaced by row 1 (same size).
+    """
+    swapped_x, swapped_y = x.copy(), y.copy()
+    swapped_x[0], swapped_y[0] = x[1], y[1]
+    replies = []
+    for name, (xs, ys) in {"with": (x, y), "without": (swapped_x, swapped_y)}.items():
+        site = SimulatedClient(store(folder / name, xs, ys),
+                               privacy_dir=folder / f"{name}-ledger")
+        replies.append(site.train(state, run, 1))
+    return replies

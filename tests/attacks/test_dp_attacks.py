@@ -11,31 +11,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 
 from tests.attacks import harness
+from tests.attacks.conftest import DIGITS as N  # batch N: q = 1, one step
 
-N = 16  # one Poisson step over every example: q = 1 with batch size 16
+pytestmark = pytest.mark.usefixtures("task_identity")
 LR, CLIP, SIGMA = 1.0, 1.0, 1.0
 SERVER_ROUND = 1
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Flower's Message needs the identity of a running task."""
-    from flwr.supercore.task_identity import TaskIdentity
 
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    torch.set_num_threads(1)
-    yield
-    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
-
-
-@pytest.fixture(scope="module")
-def digits():
-    data = load_digits()
-    x = (data.images[:N, None] / 16.0).astype(np.float32)
-    return x, data.target[:N].astype(np.int64)
 
 
 def noise_removal_attack(tmp_path, digits, *, insecure: bool):

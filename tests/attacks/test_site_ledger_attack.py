@@ -27,31 +27,16 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Context, RecordDict
-from sklearn.datasets import load_digits
 
 from tests.attacks import harness
+from tests.attacks.conftest import DIGITS as N  # batch N: q = 1, one step
 
-N = 16  # batch size N: q = 1, one step per participation
+pytestmark = pytest.mark.usefixtures("task_identity")
 SIGMA, CLIP, DELTA = 1.0, 1.0, 1e-5
 FLOWER_RUN = 7
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Flower's Message needs the identity of a running task."""
-    from flwr.supercore.task_identity import TaskIdentity
 
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    torch.set_num_threads(1)
-    yield
-    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
-
-
-@pytest.fixture(scope="module")
-def digits():
-    data = load_digits()
-    x = (data.images[:N, None] / 16.0).astype(np.float32)
-    return x, data.target[:N].astype(np.int64)
 
 
 # ---------------------------------------------------------------- helpers
@@ -193,19 +178,11 @@ def test_attack_history_reusing_site_release_ids_cannot_discount(tmp_path, digit
     assert metrics(reply)[_key("DP_EPSILON")] == pytest.approx(true_epsilon(3), rel=1e-12)
 
 
-def test_attack_recorded_steps_and_rate_are_what_training_used(tmp_path, digits, monkeypatch):
+def test_attack_recorded_steps_and_rate_are_what_training_used(tmp_path, digits,
+                                                               noise_draws):
     # The server picks batch size 3 (q = 1/6, many empty Poisson batches) and 2 local
     # epochs. Every noise draw is counted independently of Opacus' accountant.
-    from fedsim.client import dp_random
-
-    draws = []
-    real_normal = dp_random.DPRandomness.normal
-
-    def counting_normal(self, count, device=None):
-        draws.append(count)
-        return real_normal(self, count, device)
-
-    monkeypatch.setattr(dp_random.DPRandomness, "normal", counting_normal)
+    draws = noise_draws
     run = run_settings(batch_size=3)
     run["local_epochs"] = 2
     reply = deployed_site(tmp_path, digits).train(harness.initial_state(), run, 1)
@@ -398,13 +375,8 @@ def test_attack_non_finite_clipping_reveals_no_membership(tmp_path, digits):
     state = _overflowing_global(harness.initial_state(), x, target=0)
     run = run_settings()
     # Neighbouring datasets of the same size: row 0 present, or replaced by row 1.
-    swapped_x, swapped_y = x.copy(), y.copy()
-    swapped_x[0], swapped_y[0] = x[1], y[1]
     finite = []
-    for name, (xs, ys) in {"with": (x, y), "without": (swapped_x, swapped_y)}.items():
-        site = harness.SimulatedClient(harness.store(tmp_path / name, xs, ys),
-                                       privacy_dir=tmp_path / f"{name}-ledger")
-        reply = site.train(state, run, 1)
+    for reply in harness.neighbour_replies(tmp_path, x, y, state, run):
         assert metrics(reply)[_key("DP_EPSILON")] == pytest.approx(true_epsilon(1))
         finite.append(bool(torch.isfinite(harness.flat(harness.reply_state(reply))).all()))
     # Once: [False, True] (113,986 NaN parameters with the target, none without).

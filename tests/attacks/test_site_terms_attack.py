@@ -42,25 +42,10 @@ from tests.attacks.test_site_ledger_attack import (
     true_epsilon,
 )
 
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Flower's Message needs the identity of a running task."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    torch.set_num_threads(1)
-    yield
-    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
-@pytest.fixture(scope="module")
-def digits():
-    from sklearn.datasets import load_digits
 
-    data = load_digits()
-    x = (data.images[:N, None] / 16.0).astype(np.float32)
-    return x, data.target[:N].astype(np.int64)
 
 
 def _outcome(site, state, run, server_round, **kw) -> str:
@@ -139,21 +124,12 @@ SHAPE_VALUES = {
 
 @pytest.mark.parametrize("key", sorted(SHAPE_VALUES))
 def test_attack_odd_run_shapes_train_only_what_the_ledger_records(tmp_path, digits, key,
-                                                                   monkeypatch):
+                                                                   noise_draws):
     # Batch size, epochs, lr, rounds and participation cap of every odd type: a
     # message either does not train, or its release on the ledger has exactly the
     # steps (noise draws) and rate training used, and the reply's epsilon is the
     # ledger's.
-    from fedsim.client import dp_random
-
-    draws = []
-    real_normal = dp_random.DPRandomness.normal
-
-    def counting_normal(self, count, device=None):
-        draws.append(count)
-        return real_normal(self, count, device)
-
-    monkeypatch.setattr(dp_random.DPRandomness, "normal", counting_normal)
+    draws = noise_draws
     state = harness.initial_state()
     for r, value in enumerate(SHAPE_VALUES[key], 1):
         run = {**run_settings(epsilon_budget=100.0), key: value} \
@@ -292,16 +268,8 @@ def test_attack_many_distinct_history_entries_are_answered(tmp_path, digits):
 
 
 def _neighbours(tmp_path, digits, state, run):
-    x, y = digits
-    swapped_x, swapped_y = x.copy(), y.copy()
-    swapped_x[0], swapped_y[0] = x[1], y[1]
-    out = []
-    for name, (xs, ys) in {"with": (x, y), "without": (swapped_x, swapped_y)}.items():
-        site = harness.SimulatedClient(harness.store(tmp_path / name, xs, ys),
-                                       privacy_dir=tmp_path / f"{name}-ledger")
-        reply = site.train(state, run, 1)
-        out.append(harness.flat(harness.reply_state(reply)))
-    return out
+    return [harness.flat(harness.reply_state(reply))
+            for reply in harness.neighbour_replies(tmp_path, *digits, state, run)]
 
 
 @pytest.mark.parametrize("poison", ["nan", "inf-everywhere"])

@@ -21,11 +21,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _stop_with_parent() -> None:
+    """In the child: SIGTERM when the test process dies, even by SIGKILL (Linux)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def start_node(*args: str, cpus: int = 1) -> subprocess.Popen:
     return subprocess.Popen([RAY, "start", "--block", "--node-ip-address=127.0.0.1",
                              f"--num-cpus={cpus}", "--disable-usage-stats", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=_stop_with_parent if sys.platform == "linux"
+                            else None)
 
 
 def start_head(port: int, *, cpus: int = 1) -> subprocess.Popen:

@@ -10,3 +10,5 @@ import os
 
 collect_ignore = [] if os.environ.get("FEDSIM_ENGINE_TEST") == "1" else [
     "test_compose_engine.py"]
+if not collect_ignore:  # the engine test simulates nothing: no session Ray head
+    os.environ.setdefault("FEDSIM_TEST_OWN_RAY", "1")

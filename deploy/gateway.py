@@ -51,6 +51,7 @@ SELF_REGISTER_PATH = "/v1/fleet/register-node"
 FLEET_PORT = 9093
 CONTROL_PORT = 9095
 UPSTREAM_PORT = 9091
+GRACEFUL_SHUTDOWN_S = 3  # open connections get this long after a stop signal (docker stop: 10 s)
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate",
                         "proxy-authorization", "te", "trailer", "transfer-encoding",
                         "upgrade", "host"})
@@ -246,7 +247,8 @@ def _servers(setup: GatewaySetup) -> list:
         config = uvicorn.Config(GatewayApp(door, setup.upstream, setup.ca), host=host,
                                 port=port, ssl_certfile=setup.cert,
                                 ssl_keyfile=setup.key, log_level="warning",
-                                access_log=False, lifespan="on")
+                                access_log=False, lifespan="on",
+                                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
         servers.append(QuietServer(config))
     return servers
 

@@ -51,7 +51,7 @@ COPY reports ./reports
 COPY deploy ./deploy
 # -P: import the installed package, not the source folder in the working directory.
 RUN pip install --no-compile --no-deps . \
-    && python -P -c "import fedsim.deploy.app, fedsim.deploy.gateway, flwr; \
+    && python -P -c "import fedsim.deploy.app, fedsim.deploy.gateway, fedsim.deploy.superlink, flwr; \
 from fedsim.deploy.control import app_folder; app_folder(); \
 print('fedsim + flwr', flwr.__version__)"
 # What a deployment never runs, left out of the image (about 0.6 GB): Ray and the

@@ -107,11 +107,21 @@ def site_ledger_path(msg: Message, context: Context, client_id: int) -> Path:
 def _ledger_folder(msg: Message, context: Context) -> tuple[Path, bool]:
     """(the folder of this site's ledgers, whether it is the default one)."""
     config = msg.content[protocol.CONFIG]
-    node_dir = context.node_config.get(NODE_CONFIG_KEY)
+    if not context.node_config.get(NODE_CONFIG_KEY) and is_simulated(msg, context) \
+            and protocol.SIM_PRIVACY_DIR in config:
+        return Path(str(config[protocol.SIM_PRIVACY_DIR])), False
+    return site_state_folder(context.node_config)
+
+
+def site_state_folder(node_config) -> tuple[Path, bool]:
+    """(a site's own writable folder, whether it is the default one).
+
+    Node config `privacy-dir`, else $FEDSIM_PRIVACY_DIR, else the SuperNode's Flower
+    folder: never the data folder, which a site may mount read-only.
+    """
+    node_dir = node_config.get(NODE_CONFIG_KEY)
     if node_dir:
         return Path(str(node_dir)), False
-    if is_simulated(msg, context) and protocol.SIM_PRIVACY_DIR in config:
-        return Path(str(config[protocol.SIM_PRIVACY_DIR])), False
     if os.environ.get(ENV_VAR):
         return Path(os.environ[ENV_VAR]), False
     return _flwr_home() / FLWR_SUBDIR, True

@@ -9,8 +9,10 @@ rewritten. A line that does not parse (a torn last write) is ignored; a journal
 that cannot be read or written refuses the step (fail closed).
 
 Where it lives is the site's own configuration (node config ``site-journal``, else
-``<data-dir>/.fedsim/site-journal.jsonl``); a simulated client keeps one per client
-under its run folder (``sites/client-N.jsonl``).
+``site-journal.jsonl`` beside the site's privacy ledgers: node config
+``privacy-dir``, ``$FEDSIM_PRIVACY_DIR`` or ``$FLWR_HOME/fedsim-privacy``; never the
+data folder, which compose mounts read-only); a simulated client keeps one per
+client under its run folder (``sites/client-N.jsonl``).
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ class SiteJournal:
 
 
 def site_journal(node_config, data_dir: str | None) -> SiteJournal:
-    """This site's journal: node config `site-journal`, else under its data folder.
+    """This site's journal: node config `site-journal`, else beside its ledgers.
 
     A simulated client (no ``he-key``, its data prepared by the driver) keeps one per
     client in its run folder; a site that names neither a journal nor a data folder
@@ -93,9 +95,10 @@ def site_journal(node_config, data_dir: str | None) -> SiteJournal:
     """
     if NODE_JOURNAL in node_config:
         return SiteJournal(str(node_config[NODE_JOURNAL]))
-    if "data-dir" in node_config:
-        return SiteJournal(Path(str(node_config["data-dir"])) / ".fedsim" /
-                           "site-journal.jsonl")
+    if "data-dir" in node_config:  # the ledger's folder: the data may be read-only
+        from fedsim.client.dp_step import site_state_folder
+
+        return SiteJournal(site_state_folder(node_config)[0] / "site-journal.jsonl")
     if data_dir and "he-key" not in node_config:
         client = int(node_config.get("partition-id", 0))
         return SiteJournal(Path(os.path.abspath(data_dir)).parent / "sites" /

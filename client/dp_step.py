@@ -308,7 +308,8 @@ def site_terms(dp: dict, *, n: int, records: list[LedgerRecord],
     if accountant not in RUN_ACCOUNTANTS:
         raise FedsimError(f"the run asks for accountant {accountant!r}; this site "
                           f"accounts with one of {', '.join(RUN_ACCOUNTANTS)} only")
-    delta = _number(dp, "delta") or default_delta(n)
+    _number(dp, "delta")  # a given delta must be a finite number > 0
+    delta = client_delta(dp, n)
     if delta >= 1.0 / n:
         raise FedsimError(f"the run's delta {delta:g} is not below 1/n = {1.0 / n:g} "
                           f"for this site's {n} examples; this site does not train on it")

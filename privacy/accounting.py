@@ -23,15 +23,33 @@ import numbers
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
-from opacus.accountants import GaussianAccountant, PRVAccountant, RDPAccountant
-from opacus.accountants.accountant import IAccountant
-from opacus.accountants.analysis import rdp as rdp_analysis
-from opacus.accountants.utils import get_noise_multiplier
 
 from fedsim.errors import ConfigError
+
+if TYPE_CHECKING:
+    from opacus.accountants.accountant import IAccountant
+
+
+@functools.cache
+def _opacus() -> SimpleNamespace:
+    """Opacus' accountants, imported on first use.
+
+    `import opacus` costs about 3.5 s of CPU (its package imports the privacy engine,
+    the optimizers and torch.distributed). Every process that imports this module
+    without accounting anything is spared it: each Ray worker and SuperNode ClientApp
+    of a run without DP, and the CLI when it only checks its flags.
+    """
+    from opacus.accountants import GaussianAccountant, PRVAccountant, RDPAccountant
+    from opacus.accountants.analysis import rdp
+    from opacus.accountants.utils import get_noise_multiplier
+
+    return SimpleNamespace(GaussianAccountant=GaussianAccountant,
+                           PRVAccountant=PRVAccountant, RDPAccountant=RDPAccountant,
+                           rdp=rdp, get_noise_multiplier=get_noise_multiplier)
 
 Accountant = Literal["rdp", "prv", "gdp"]
 ACCOUNTANTS: tuple[str, ...] = get_args(Accountant)
@@ -51,7 +69,7 @@ def gdp_warning() -> str:
     """Opacus' own warning about its GDP accountant, word for word."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        GaussianAccountant()
+        _opacus().GaussianAccountant()
     return " ".join(str(w.message) for w in caught) or "GDP accounting is approximate."
 
 Step = tuple[float, float, int]
@@ -63,15 +81,15 @@ _FLOAT_SLACK = 1e-9  # rounds * fraction = 3.0000000000000004 must still mean 3
 def _new_accountant(kind: str) -> IAccountant:
     """Build a fresh Opacus accountant of `kind`; unknown kinds are a ConfigError."""
     if kind == "rdp":
-        return RDPAccountant()
+        return _opacus().RDPAccountant()
     if kind == "prv":
-        return PRVAccountant()
+        return _opacus().PRVAccountant()
     if kind == "gdp":
         with warnings.catch_warnings():
             # Opacus warns on every construction that GDP is experimental; the CLI
             # says so once instead of once per epsilon.
             warnings.simplefilter("ignore", UserWarning)
-            return GaussianAccountant()
+            return _opacus().GaussianAccountant()
     raise ConfigError(
         f"--accountant must be one of {', '.join(ACCOUNTANTS)}, got {kind!r}"
     )
@@ -168,8 +186,9 @@ def epsilon(
 @functools.lru_cache(maxsize=4096)
 def _unit_rdp(sample_rate: float, noise_multiplier: float) -> np.ndarray:
     """RDP of one step at Opacus' default orders (RDP is linear in the steps)."""
-    rdp = rdp_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier,
-                                   steps=1, orders=RDPAccountant.DEFAULT_ALPHAS)
+    opacus = _opacus()
+    rdp = opacus.rdp.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier,
+                                 steps=1, orders=opacus.RDPAccountant.DEFAULT_ALPHAS)
     rdp.setflags(write=False)
     return rdp
 
@@ -182,8 +201,9 @@ def _rdp_epsilon(entries: list[Step], delta: float) -> float:
     evaluations (every participation, every client with the same n) cost nothing.
     """
     rdp = sum([_unit_rdp(rate, noise) * steps for noise, rate, steps in entries])
-    eps, _ = rdp_analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS,
-                                            rdp=rdp, delta=delta)
+    opacus = _opacus()
+    eps, _ = opacus.rdp.get_privacy_spent(orders=opacus.RDPAccountant.DEFAULT_ALPHAS,
+                                          rdp=rdp, delta=delta)
     return float(eps)
 
 
@@ -217,7 +237,7 @@ def calibrate_noise(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # as in `epsilon`
             return float(
-                get_noise_multiplier(
+                _opacus().get_noise_multiplier(
                     target_epsilon=target_epsilon,
                     target_delta=delta,
                     sample_rate=sample_rate,

@@ -313,3 +313,18 @@ def test_noise_warning_names_the_ratio_and_what_to_change():
     ratio = acc.noise_to_signal(noise_multiplier=2.0, dataset_size=100, batch_size=100,
                                 num_params=10_000)
     assert ratio == pytest.approx(2.0 * 100 / 100)
+
+
+def test_a_run_without_dp_never_imports_opacus():
+    """Opacus costs ~3.5 s of CPU to import: the CLI's checks and a non-DP ClientApp
+    (every Ray worker, every SuperNode message) must not pay it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, fedsim.client.app, fedsim.config, fedsim.server.app; "
+            "from fedsim.config import build_config; build_config({'clients': 3}); "
+            "print('opacus' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.strip() == "False", done.stderr[-2000:]
+    assert acc.epsilon([(1.0, 0.1, 10)], delta=1e-5) > 0  # and accounting still loads it

@@ -52,6 +52,9 @@ class SiteSetup:
     data_dir: str
     policy: str | None = None
     he_key: str | None = None
+    # the site's own writable folder: privacy ledgers and HE journal (None: the
+    # SuperNode's $FLWR_HOME, lost with the container)
+    state_dir: str | None = None
     runtime_port: int = SUPERNODE_RUNTIME_PORT
 
 
@@ -92,12 +95,12 @@ def gateway_argv(setup: GatewaySetup, superlink: list[str], *,
 
 
 def node_config(setup: SiteSetup) -> str:
-    """The `--node-config` string: client id, data folder, policy and HE key paths."""
+    """The `--node-config` string: client id and the site's folders and files."""
     items = [f"partition-id={setup.partition_id}", f'data-dir="{setup.data_dir}"']
-    if setup.policy is not None:
-        items.append(f'policy="{setup.policy}"')
-    if setup.he_key is not None:
-        items.append(f'he-key="{setup.he_key}"')
+    for key, value in (("policy", setup.policy), ("he-key", setup.he_key),
+                       ("privacy-dir", setup.state_dir)):
+        if value is not None:
+            items.append(f'{key}="{value}"')
     return " ".join(items)
 
 
@@ -159,6 +162,7 @@ class ContainerPaths:
     data_dir: str = "/fedsim/data"
     policy: str = "/fedsim/site/policy/policy.toml"
     he_key: str = "/fedsim/he/client.key"
+    site_state: str = "/fedsim/site/state"
     superlink_address: str = f"superlink:{SUPERLINK_PORT}"
     control_address: str = f"127.0.0.1:{CONTROL_PORT}"
 
@@ -181,7 +185,8 @@ def compose_site(partition_id: int) -> list[str]:
     return supernode_argv(SiteSetup(
         superlink=CONTAINER.superlink_address, ca=CONTAINER.ca,
         node_key=CONTAINER.node_key, partition_id=partition_id,
-        data_dir=CONTAINER.data_dir, policy=CONTAINER.policy, he_key=CONTAINER.he_key))
+        data_dir=CONTAINER.data_dir, policy=CONTAINER.policy, he_key=CONTAINER.he_key,
+        state_dir=CONTAINER.site_state))
 
 
 def compose_enroll() -> list[str]:

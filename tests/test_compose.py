@@ -66,7 +66,7 @@ def test_test_commands_use_the_same_flags(compose, tmp_path):
     assert flags(wrapped) == flags(compose["services"]["superlink"]["command"])
     site = commands.supernode_argv(commands.SiteSetup(
         superlink="x:1", ca="a", node_key="k", partition_id=0, data_dir="d",
-        policy="p", he_key="h", runtime_port=2))
+        policy="p", he_key="h", state_dir="s", runtime_port=2))
     assert flags(site) == flags(compose["services"]["client-0"]["command"])
 
 
@@ -85,7 +85,7 @@ def test_superlink_mounts_its_files_only(compose):
 
 
 @pytest.mark.parametrize("index", [0, 1])
-def test_each_site_mounts_its_own_files_read_only(compose, index):
+def test_each_site_mounts_its_own_files_read_only_and_its_state_writable(compose, index):
     site = SITES[index]
     found = mounts(compose["services"][site])
     assert found[str(Path(CONTAINER.node_key).parent)] == (
@@ -94,6 +94,10 @@ def test_each_site_mounts_its_own_files_read_only(compose, index):
     assert found[str(Path(CONTAINER.policy).parent)] == (
         f"./deployment/sites/{site}/policy", True)
     assert found[str(Path(CONTAINER.he_key).parent)] == ("./deployment/he-client", True)
+    # ledgers and HE journal: a folder of its own that outlives the container
+    assert found.pop(CONTAINER.site_state) == (f"./deployment/sites/{site}/state", False)
+    argv = compose["services"][site]["command"]
+    assert 'privacy-dir="/fedsim/site/state"' in argv[argv.index("--node-config") + 1]
     assert all(read_only for _, read_only in found.values())
     hosts = " ".join(host for host, _ in found.values())
     other = SITES[1 - index]

@@ -169,13 +169,14 @@ def write_deployment(engine: Engine) -> None:
         policy = d / "sites" / f"client-{site}" / "policy"
         policy.mkdir(parents=True)
         (policy / "policy.toml").write_text(POLICY)
-    for folder in ("runs", "state"):
-        (d / folder).mkdir()
+    states = [d / "sites" / f"client-{site}" / "state" for site in (0, 1)]
+    for folder in (d / "runs", d / "state", *states):
+        folder.mkdir()
     # the guide's permissions: the containers' uid 10001 gets what they mount and
     # write, nothing else (ca.key and certs/ itself stay the operator's)
     sh(["chown", "-R", "10001:10001", str(d / "certs" / "superlink"),
         *[str(p) for p in sorted((d / "certs" / "supernodes").glob("client-*"))],
-        str(d / "he-client"), str(d / "runs"), str(d / "state")])
+        str(d / "he-client"), str(d / "runs"), str(d / "state"), *map(str, states)])
 
 
 # ---------------------------------------------------------------- 3. compose up
@@ -287,6 +288,18 @@ def _secret_keys(folder: Path) -> list[str]:
         if info.get("secret_key"):
             found.append(str(path))
     return found
+
+
+def test_each_site_keeps_its_records_outside_the_container(engine, finished):
+    """The ledger and HE journal land in the host's sites/client-N/state (compose's
+    rw mount), so that a recreated container still has them."""
+    for site in (0, 1):
+        state = engine.deploy / "sites" / f"client-{site}" / "state"
+        names = sorted(p.name for p in state.iterdir())
+        assert "site-journal.jsonl" in names and f"client-{site}.jsonl" in names, names
+        ledger = (state / f"client-{site}.jsonl").read_text().splitlines()
+        assert len(ledger) >= 2  # one record a round it trained
+    engine.record("site state", ", ".join(names))
 
 
 def test_server_folders_hold_no_secret_key(engine, finished):

@@ -28,6 +28,7 @@ trusted. One process writes a ledger at a time.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from dataclasses import asdict, dataclass, fields
@@ -236,11 +237,15 @@ class PrivacyLedger:
         created = not self.path.exists()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
+            # One writer at a time: a site's ledger is shared by every run it is in,
+            # and two runs at once are two ClientApp processes. Unlocked, one's torn-tail
+            # cut could see the other's append half-done and cut its records off.
+            fcntl.flock(fd, fcntl.LOCK_EX)
             _cut_torn_tail(fd)
             _write_all(fd, payload)
             os.fsync(fd)
         finally:
-            os.close(fd)
+            os.close(fd)  # releases the lock
         if created:
             _fsync_dir(self.path.parent)
 

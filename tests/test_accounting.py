@@ -327,4 +327,4 @@ def test_a_run_without_dp_never_imports_opacus():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert done.stdout.strip() == "False", done.stderr[-2000:]
-    assert acc.epsilon([(1.0, 0.1, 10)], delta=1e-5, accountant="rdp") > 0  # and accounting still loads it
+    assert acc.epsilon([(1.0, 0.1, 10)], delta=1e-5, accountant="rdp") > 0  # loads it here

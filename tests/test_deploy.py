@@ -5,9 +5,9 @@ fedsim.deploy.commands (the ones docker-compose.yml runs), the run from
 `fedsim deploy submit` (which drives `flwr run` on the deploy app). Four enrolled
 sites join one 2-round DP run: two train (site 0 under a policy whose epsilon
 cap the run respects, site 1 without a policy), site 2 has no data folder, site
-3's policy requires secure aggregation. A second, 1-round run adds CKKS secure
-aggregation (keys from `fedsim keys init`; the server gets server.ctx only): site 3
-trains too.
+3's policy requires secure aggregation. A second, 1-round run, in flight at the
+same time on the same sites, adds CKKS secure aggregation (keys from `fedsim keys
+init`; the server gets server.ctx only): site 3 trains too.
 Three more SuperNodes must be turned away: an unenrolled key, no CA, a wrong CA.
 Every process runs in its own process group and is killed at the end.
 """
@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -462,8 +463,18 @@ class FinishedRun:
     submit_output: str
 
 
-def _submit(cluster: Cluster, name: str, *extra: str, rounds: int = 2) -> FinishedRun:
-    """Submit a DP run to all sites, wait for it, collect its folder."""
+@dataclass(frozen=True)
+class Submission:
+    proc: subprocess.Popen  # `fedsim deploy submit --wait`
+    finish: Callable[[], FinishedRun]  # waits for the run, collects its folder
+
+
+def _submit(cluster: Cluster, name: str, *extra: str, rounds: int = 2) -> Submission:
+    """Submit a DP run to all sites, without waiting for it.
+
+    Each submission has its own operator folder ($FLWR_HOME), so that two runs can be
+    in flight at once, as two users of one federation would have them.
+    """
     server_runs, collected = cluster.root / "server-runs", cluster.root / f"got-{name}"
     argv = fedsim_cmd(
         "deploy", "submit", "--superlink", cluster.superlink, "--ca", cluster.ca,
@@ -473,32 +484,55 @@ def _submit(cluster: Cluster, name: str, *extra: str, rounds: int = 2) -> Finish
         "--run-name", name, "--server-out", str(server_runs), "--wait",
         "--timeout", str(RUN_TIMEOUT_S - 20), "--runs", str(server_runs),
         "--out", str(collected))
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
-                          env=cluster.procs.env("operator"))
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    run_id = done.stdout.split("run ", 1)[1].split()[0]
-    log = subprocess.run(fedsim_cmd("deploy", "log", run_id, "--superlink",
-                                    cluster.superlink, "--ca", cluster.ca),
-                         capture_output=True, text=True, timeout=120,
-                         env=cluster.procs.env("operator"))
-    rows = [json.loads(line) for line in
-            (collected / "metrics.jsonl").read_text().splitlines()]
-    return FinishedRun(folder=collected, rows=rows, server_log=log.stdout,
-                       summary=json.loads((collected / "summary.json").read_text()),
-                       submit_output=done.stdout)
+    env = cluster.procs.env(f"operator-{name}")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+
+    def finish() -> FinishedRun:
+        """Wait for the run (killing its submission past the hang guard), collect it."""
+        try:
+            stdout, stderr = proc.communicate(timeout=RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+        assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+        run_id = stdout.split("run ", 1)[1].split()[0]
+        log = subprocess.run(fedsim_cmd("deploy", "log", run_id, "--superlink",
+                                        cluster.superlink, "--ca", cluster.ca),
+                             capture_output=True, text=True, timeout=120, env=env)
+        rows = [json.loads(line) for line in
+                (collected / "metrics.jsonl").read_text().splitlines()]
+        return FinishedRun(folder=collected, rows=rows, server_log=log.stdout,
+                           summary=json.loads((collected / "summary.json").read_text()),
+                           submit_output=stdout)
+
+    return Submission(proc=proc, finish=finish)
 
 
 @pytest.fixture(scope="module")
-def finished_run(cluster, turned_away):
-    return _submit(cluster, "e2e")
+def both_runs(cluster, turned_away) -> dict[str, FinishedRun]:
+    """Two runs in flight at once on the same four sites: the 2-round DP run and a
+    1-round DP + HE run (its evaluation already has every site decrypt and verify
+    the aggregate; the plaintext run covers a second round's history). Each site
+    keeps its ledger and HE journal per run."""
+    runs = {"e2e": _submit(cluster, "e2e"),
+            "e2e-he": _submit(cluster, "e2e-he", "--secure-agg", "he", "--he-context",
+                              str(cluster.he_dir / "server.ctx"), rounds=1)}
+    try:
+        return {name: run.finish() for name, run in runs.items()}
+    finally:  # one that failed leaves no other submission waiting
+        for run in runs.values():
+            run.proc.kill()
 
 
 @pytest.fixture(scope="module")
-def finished_he_run(cluster, finished_run):
-    # One round: its evaluation already has every site decrypt and verify the
-    # aggregate (the plaintext run above covers a second round's history).
-    return _submit(cluster, "e2e-he", "--secure-agg", "he", "--he-context",
-                   str(cluster.he_dir / "server.ctx"), rounds=1)
+def finished_run(both_runs):
+    return both_runs["e2e"]
+
+
+@pytest.fixture(scope="module")
+def finished_he_run(both_runs):
+    return both_runs["e2e-he"]
 
 
 def test_run_folder_is_complete(finished_run):

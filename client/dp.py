@@ -38,6 +38,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedsim.client.dp_random import DPRandomness
 from fedsim.client.training import host_tensor
 from fedsim.errors import ConfigError
+from fedsim.privacy.accounting import drop_opacus_log_handler
+
+drop_opacus_log_handler()  # imported above: each Flower log line would print twice
 
 GradSampleMode = Literal["ghost", "hooks"]
 """Exact Opacus modes that survive empty Poisson batches ("functorch" and "ew" crash

@@ -18,6 +18,7 @@ steps training really takes.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import numbers
 import warnings
@@ -47,6 +48,7 @@ def _opacus() -> SimpleNamespace:
     from opacus.accountants.analysis import rdp
     from opacus.accountants.utils import get_noise_multiplier
 
+    drop_opacus_log_handler()
     return SimpleNamespace(GaussianAccountant=GaussianAccountant,
                            PRVAccountant=PRVAccountant, RDPAccountant=RDPAccountant,
                            rdp=rdp, get_noise_multiplier=get_noise_multiplier)
@@ -63,6 +65,27 @@ GDP_REFUSED = (
     "ledger must hold; use rdp or prv (`fedsim privacy plan --accountant gdp` still "
     "shows it, labelled approximate)"
 )
+
+
+# What `opacus.utils.module_utils` passes to `logging.basicConfig` when imported.
+_OPACUS_LOG_FORMAT = ("%(asctime)s:%(levelname)s:%(message)s", "%m/%d/%Y %H:%M:%S")
+
+
+def drop_opacus_log_handler() -> None:
+    """Remove the root log handler that importing Opacus installs.
+
+    `opacus.utils.module_utils` calls `logging.basicConfig` on import. With a root
+    handler, every line of Flower's logger (which propagates) was printed twice, once
+    in Flower's format and once in Opacus': each ServerApp line twice in `flwr log`,
+    and fedsim's own warnings in Opacus' format. Only a handler with exactly Opacus'
+    format is removed.
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        formatter = handler.formatter
+        if formatter is not None and (formatter._fmt, formatter.datefmt) == \
+                _OPACUS_LOG_FORMAT:
+            root.removeHandler(handler)
 
 
 def gdp_warning() -> str:

@@ -328,3 +328,20 @@ def test_a_run_without_dp_never_imports_opacus():
                           timeout=120)
     assert done.stdout.strip() == "False", done.stderr[-2000:]
     assert acc.epsilon([(1.0, 0.1, 10)], delta=1e-5, accountant="rdp") > 0  # loads it here
+
+
+def test_flower_log_lines_print_once_after_opacus_is_loaded():
+    """Opacus' import calls logging.basicConfig: with its root handler every Flower
+    line printed twice (each ServerApp line in `flwr log`)."""
+    import subprocess
+    import sys
+
+    code = ("import logging, fedsim.client.dp, fedsim.privacy.accounting as a; "
+            "a.epsilon([(1.0, 0.1, 10)], delta=1e-5, accountant='rdp'); "
+            "from flwr.common.logger import log; log(logging.INFO, 'one line only'); "
+            "logging.getLogger('fedsim.server').warning('one warning only')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    printed = done.stdout + done.stderr
+    assert printed.count("one line only") == 1, printed[-2000:]
+    assert printed.count("one warning only") == 1, printed[-2000:]

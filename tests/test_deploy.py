@@ -587,6 +587,8 @@ def test_server_log_names_each_failure(finished_run):
     assert "no secure aggregation" in log
     assert "client 2: site data folder" in log and "does not exist" in log
     assert "client 0 refused" not in log and "client 1 refused" not in log
+    # each line once (Opacus' import used to add a root handler: every line twice)
+    assert log.count("[ROUND 2/2]") == 1 and log.count("client 3 failed") == 4, log
 
 
 def test_sites_log_their_own_side(cluster, finished_run):

@@ -186,32 +186,3 @@ def test_sigkill_mid_run_keeps_every_acknowledged_record(tmp_path, kill_after):
     assert rounds[: acknowledged + 1] == list(range(acknowledged + 1))
     assert rounds == list(range(len(rounds)))
 
-
-WRITER = textwrap.dedent(
-    """
-    import sys
-    from fedsim.privacy.ledger import LedgerRecord, PrivacyLedger
-
-    ledger, writer = PrivacyLedger(sys.argv[1]), int(sys.argv[2])
-    for batch in range(30):  # 40 records of ~0.5 KB a write: more than a page
-        ledger.extend([LedgerRecord(
-            round=batch + 1, client_id=writer, noise_multiplier=1.0, sample_rate=0.1,
-            steps=10, delta=1e-5, accountant="rdp", epsilon=0.01, budget=None,
-            released=True, run="r" * 300, release=i) for i in range(40)])
-    """
-)
-
-
-def test_concurrent_writers_lose_no_record(tmp_path):
-    """A site's ledger is shared by every run it is in: two runs at once are two
-    processes appending (without a lock, one's torn-tail cut took ~2% of the
-    other's records)."""
-    path = tmp_path / "client-0.jsonl"
-    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(w)])
-               for w in range(4)]
-    assert [w.wait(timeout=120) for w in writers] == [0] * 4
-    records = PrivacyLedger(path).records()
-    assert len(records) == 4 * 30 * 40
-    for writer in range(4):
-        mine = [(r.round, r.release) for r in records if r.client_id == writer]
-        assert mine == [(b + 1, i) for b in range(30) for i in range(40)]

@@ -21,6 +21,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -381,3 +384,37 @@ def test_attack_non_finite_clipping_reveals_no_membership(tmp_path, digits):
         finite.append(bool(torch.isfinite(harness.flat(harness.reply_state(reply))).all()))
     # Once: [False, True] (113,986 NaN parameters with the target, none without).
     assert finite[0] == finite[1]
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from fedsim.privacy.ledger import LedgerRecord, PrivacyLedger
+
+    ledger, writer = PrivacyLedger(sys.argv[1]), int(sys.argv[2])
+    for batch in range(30):  # 40 records of ~0.5 KB a write: more than a page
+        ledger.extend([LedgerRecord(
+            round=batch + 1, client_id=writer, noise_multiplier=1.0, sample_rate=0.1,
+            steps=10, delta=1e-5, accountant="rdp", epsilon=0.01, budget=None,
+            released=True, run="r" * 300, release=i) for i in range(40)])
+    """
+)
+
+
+def test_attack_concurrent_runs_cannot_make_a_site_lose_ledger_records(tmp_path):
+    """Adversary: a malicious server that starts several runs at one site at once.
+
+    A site's ledger is shared by every run it is in, so each run is a ClientApp
+    process appending to it. Without a lock one writer's torn-tail cut took ~2% of
+    the others' records: releases the site would then no longer count."""
+    path = tmp_path / "client-0.jsonl"
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(w)])
+               for w in range(4)]
+    assert [w.wait(timeout=120) for w in writers] == [0] * 4
+    from fedsim.privacy.ledger import PrivacyLedger
+
+    records = PrivacyLedger(path).records()
+    assert len(records) == 4 * 30 * 40
+    for writer in range(4):
+        mine = [(r.round, r.release) for r in records if r.client_id == writer]
+        assert mine == [(b + 1, i) for b in range(30) for i in range(40)]

@@ -23,7 +23,8 @@ leaves a zero-step marker (``steps: 0``, ``released: false``, outcome
 Only newline-terminated lines count. A crash mid-append can leave a torn final
 line: readers ignore it (and count it in `torn_lines`), and the next append cuts it
 off first. A damaged line anywhere else is an error: the ledger is then not to be
-trusted. One process writes a ledger at a time.
+trusted. Appends hold an exclusive lock on the file (a site's ledger is written by
+every run it takes part in, possibly at once), so one writer appends at a time.
 """
 
 from __future__ import annotations
@@ -237,8 +238,7 @@ class PrivacyLedger:
         created = not self.path.exists()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            # One writer at a time: a site's ledger is shared by every run it is in,
-            # and two runs at once are two ClientApp processes. Unlocked, one's torn-tail
+            # Two runs at once are two ClientApp processes: unlocked, one's torn-tail
             # cut could see the other's append half-done and cut its records off.
             fcntl.flock(fd, fcntl.LOCK_EX)
             _cut_torn_tail(fd)

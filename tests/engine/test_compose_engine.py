@@ -299,7 +299,7 @@ def test_each_site_keeps_its_records_outside_the_container(engine, finished):
         assert "site-journal.jsonl" in names and f"client-{site}.jsonl" in names, names
         ledger = (state / f"client-{site}.jsonl").read_text().splitlines()
         assert len(ledger) >= 2  # one record a round it trained
-    engine.record("site state", ", ".join(names))
+        engine.record(f"client-{site} state", ", ".join(names))
 
 
 def test_server_folders_hold_no_secret_key(engine, finished):

@@ -417,46 +417,49 @@ def dp_train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, *, msg: Messa
     dp, n = settings["dp"], len(y)
     ledger = PrivacyLedger(site_ledger_path(msg, context, client_id))
     run = run_key(msg, context, settings)
-    records = run_records(ledger, run, client_id)
-    terms = site_terms(dp, n=n, records=records, policy_cap=policy_cap(context))
-    sent = config.get(protocol.DP_HISTORY)
-    history = merge_histories(_entries(records), parse_server_history(
-        None if sent is None else str(sent)))
-    noise = noise_for(dp, n=n, batch_size=settings["batch_size"],
-                      local_epochs=settings["local_epochs"], rounds=settings["rounds"])
-    delta, accountant, budget = terms.delta, terms.accountant, terms.budget
-    clip = _number(dp, "max_grad_norm")
-    if clip is None:
-        raise FedsimError("the run gives no max_grad_norm; this site does not train "
-                          "without a clipping bound")
-    planned = (noise, sample_rate(n, settings["batch_size"]),
-               steps_per_participation(n, settings["batch_size"], settings["local_epochs"]))
-    common = dict(run=run, server_round=server_round, client_id=client_id, delta=delta,
-                  accountant=accountant, budget=budget)
-    if budget is not None and would_exceed(_steps(history), planned, delta=delta,
-                                           accountant=accountant, budget=budget)[0]:
-        eps_now = epsilon(_steps(history), delta=delta, accountant=accountant)
-        _append(ledger, _record(**common, step=(0.0, 0.0, 0), eps=eps_now,
-                                outcome=EXHAUSTED, release=None))
-        return DPOutcome(exhausted=True, metrics={
-            protocol.DP_EXHAUSTED: 1, protocol.DP_EPSILON: eps_now,
-            protocol.DP_DELTA: delta}), None
-    result = train_dp(model, x, y, epochs=settings["local_epochs"],
-                      batch_size=settings["batch_size"], lr=settings["lr"],
-                      noise_multiplier=noise, max_grad_norm=clip,
-                      device=device,
-                      randomness=dp_randomness(settings, server_round=server_round,
-                                               client_id=client_id))
-    step = (noise, result.sample_rate, result.steps)
-    eps = epsilon([*_steps(history), step], delta=delta, accountant=accountant)
-    release = secrets.randbits(RELEASE_ID_BITS)
-    _append(ledger, _record(**common, step=step, eps=eps, outcome=RELEASED,
-                            release=release))
-    return DPOutcome(exhausted=False, metrics={
-        protocol.DP_NOISE: noise, protocol.DP_SAMPLE_RATE: result.sample_rate,
-        protocol.DP_STEPS: result.steps, protocol.DP_DELTA: delta,
-        protocol.DP_EPSILON: eps, protocol.DP_EXHAUSTED: 0,
-        protocol.DP_RELEASE: release, protocol.DP_ROUND: server_round}), result
+    # read history, decide, train, append: one message of this site at a time, so that
+    # two of one run handled at once cannot both pass the budget on the same history
+    with ledger.exclusive():
+        records = run_records(ledger, run, client_id)
+        terms = site_terms(dp, n=n, records=records, policy_cap=policy_cap(context))
+        sent = config.get(protocol.DP_HISTORY)
+        history = merge_histories(_entries(records), parse_server_history(
+            None if sent is None else str(sent)))
+        noise = noise_for(dp, n=n, batch_size=settings["batch_size"],
+                          local_epochs=settings["local_epochs"], rounds=settings["rounds"])
+        delta, accountant, budget = terms.delta, terms.accountant, terms.budget
+        clip = _number(dp, "max_grad_norm")
+        if clip is None:
+            raise FedsimError("the run gives no max_grad_norm; this site does not train "
+                              "without a clipping bound")
+        planned = (noise, sample_rate(n, settings["batch_size"]),
+                   steps_per_participation(n, settings["batch_size"], settings["local_epochs"]))
+        common = dict(run=run, server_round=server_round, client_id=client_id, delta=delta,
+                      accountant=accountant, budget=budget)
+        if budget is not None and would_exceed(_steps(history), planned, delta=delta,
+                                               accountant=accountant, budget=budget)[0]:
+            eps_now = epsilon(_steps(history), delta=delta, accountant=accountant)
+            _append(ledger, _record(**common, step=(0.0, 0.0, 0), eps=eps_now,
+                                    outcome=EXHAUSTED, release=None))
+            return DPOutcome(exhausted=True, metrics={
+                protocol.DP_EXHAUSTED: 1, protocol.DP_EPSILON: eps_now,
+                protocol.DP_DELTA: delta}), None
+        result = train_dp(model, x, y, epochs=settings["local_epochs"],
+                          batch_size=settings["batch_size"], lr=settings["lr"],
+                          noise_multiplier=noise, max_grad_norm=clip,
+                          device=device,
+                          randomness=dp_randomness(settings, server_round=server_round,
+                                                   client_id=client_id))
+        step = (noise, result.sample_rate, result.steps)
+        eps = epsilon([*_steps(history), step], delta=delta, accountant=accountant)
+        release = secrets.randbits(RELEASE_ID_BITS)
+        _append(ledger, _record(**common, step=step, eps=eps, outcome=RELEASED,
+                                release=release))
+        return DPOutcome(exhausted=False, metrics={
+            protocol.DP_NOISE: noise, protocol.DP_SAMPLE_RATE: result.sample_rate,
+            protocol.DP_STEPS: result.steps, protocol.DP_DELTA: delta,
+            protocol.DP_EPSILON: eps, protocol.DP_EXHAUSTED: 0,
+            protocol.DP_RELEASE: release, protocol.DP_ROUND: server_round}), result
 
 
 def exhausted_for_evaluation(msg: Message, context: Context, client_id: int) -> bool:

@@ -29,9 +29,11 @@ every run it takes part in, possibly at once), so one writer appends at a time.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -226,6 +228,24 @@ class PrivacyLedger:
     def append(self, record: LedgerRecord) -> None:
         """Write one record durably; returns once it is on disk."""
         self.extend([record])
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the ledger for a read-decide-append sequence, such as a budget check.
+
+        Another process's `exclusive()` waits until this one ends, so two messages of
+        one run handled at once cannot both pass a budget check on the same history.
+        The lock is on a file beside the ledger (``<ledger>.lock``): `extend` locks
+        the ledger file itself, and a second flock on it from this process would wait
+        forever.
+        """
+        _make_parent(self.path)
+        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def extend(self, records: list[LedgerRecord]) -> None:
         """Write several records durably in one fsync; returns once on disk."""

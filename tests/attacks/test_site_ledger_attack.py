@@ -418,3 +418,58 @@ def test_attack_concurrent_runs_cannot_make_a_site_lose_ledger_records(tmp_path)
     for writer in range(4):
         mine = [(r.round, r.release) for r in records if r.client_id == writer]
         assert mine == [(b + 1, i) for b in range(30) for i in range(40)]
+
+
+def _train_alongside(tmp_path, digits, round_, barrier, conn) -> None:
+    """In a forked child: one message of the run, its training held until the other
+    child's message is in flight too (or 5 s have passed)."""
+    import threading
+
+    import fedsim.client.dp as dp_module
+
+    real = dp_module.train_dp
+
+    def held(*args, **kwargs):
+        try:
+            barrier.wait(timeout=5)  # both past the budget check, if the site lets them
+        except threading.BrokenBarrierError:
+            pass
+        return real(*args, **kwargs)
+
+    dp_module.train_dp = held
+    try:
+        site = deployed_site(tmp_path, digits)
+        reply = site.train(harness.initial_state(), run_settings(epsilon_budget=BUDGET_2),
+                           round_)
+        conn.send(trained(reply))
+    except BaseException as err:
+        conn.send(type(err).__name__)
+    finally:
+        os._exit(0)
+
+
+def test_attack_two_messages_of_one_run_at_once_cannot_both_pass_the_budget(
+        tmp_path, digits):
+    """Adversary: a malicious server that sends a site two training messages of one
+    run at once (a SuperNode runs a ClientApp process per message). Unlocked, both
+    passed the budget check on the same history: 3 releases where the budget allows
+    2 (true epsilon 9.01 over 8.04), and no record above 7.08."""
+    assert trained(deployed_site(tmp_path, digits).train(
+        harness.initial_state(), run_settings(epsilon_budget=BUDGET_2), 1))
+    fork = multiprocessing.get_context("fork")
+    barrier = fork.Barrier(2)
+    pipes = [fork.Pipe(duplex=False) for _ in range(2)]
+    children = [fork.Process(target=_train_alongside,
+                             args=(tmp_path, digits, round_, barrier, send))
+                for round_, (_, send) in zip((2, 3), pipes, strict=True)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(120)
+        assert not child.is_alive()
+    answers = sorted(str(receive.recv()) for receive, _ in pipes)
+    assert answers == ["False", "True"]  # one trains, the other is refused
+    releases = released(site_records(tmp_path))
+    assert len(releases) == 2
+    assert releases[-1].epsilon == pytest.approx(true_epsilon(2), rel=1e-9)
+    assert releases[-1].epsilon <= BUDGET_2

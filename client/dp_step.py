@@ -139,7 +139,7 @@ def refuse_dp_switched_off(msg: Message, context: Context, settings: dict,
         return
     path = _ledger_folder(msg, context)[0] / f"client-{client_id}.jsonl"
     if path.exists() and run_records(PrivacyLedger(path),
-                                     run_key(msg, context, settings), client_id):
+                                     run_keys(msg, context, settings), client_id):
         raise FedsimError("this site took part in this run with DP; it neither trains "
                           "nor evaluates for it without DP")
 
@@ -150,15 +150,50 @@ def _note_default_folder(folder: str) -> None:
                 "storage that outlives this SuperNode", folder, NODE_CONFIG_KEY, ENV_VAR)
 
 
-def run_key(msg: Message, context: Context, settings: dict) -> str:
-    """Which run a release belongs to: the driver's run id, or Flower's in deployment.
+@dataclass(frozen=True, kw_only=True)
+class RunKeys:
+    """Which run a participation belongs to, and which records count against it."""
 
-    A deployed site takes Flower's run id from its own SuperNode, not from the
-    settings, so a server cannot present one run's rounds as many runs.
+    run: str  # recorded as the record's `run`
+    flower_run: str | None  # deployment: this message's own Flower run, from the SuperNode
+
+    def made_here(self, record: LedgerRecord) -> bool:
+        """A record made in this message's own Flower run (whatever run it named)."""
+        own = self.flower_run
+        return own is not None and (record.flower_run == own or (
+            record.flower_run is None and record.run == own))
+
+    def covers(self, record: LedgerRecord) -> bool:
+        """A record of this Flower run, or of the run it continues (any Flower run)."""
+        if self.flower_run is None:  # simulation: the driver's run id
+            return record.run == self.run
+        if self.made_here(record):
+            return True
+        return self.run != self.flower_run and self.run in (record.run, record.flower_run)
+
+
+def run_keys(msg: Message, context: Context, settings: dict) -> RunKeys:
+    """The run a release belongs to: the driver's run id, or Flower's in deployment.
+
+    A deployed site takes its Flower run id from its own SuperNode. A resumed run
+    (`fedsim deploy submit --resume`) is a new Flower run that names its first one
+    (settings `run_id`); the site records under that name and counts every record
+    of that run *and* every record made in its own Flower run, whatever name those
+    claimed. A claim can so only add to what a participation counts: claiming
+    another run, several runs or none never hides a release of this Flower run. A
+    Flower run that claims nothing counts only its own records (another run's
+    claim to continue it cannot tighten its terms).
     """
     if is_simulated(msg, context) and settings.get("run_id"):
-        return str(settings["run_id"])
-    return protocol.flower_run_key(context.run_id)
+        return RunKeys(run=str(settings["run_id"]), flower_run=None)
+    own = protocol.flower_run_key(context.run_id)
+    claimed = settings.get("run_id")
+    if claimed is None or claimed == own:
+        return RunKeys(run=own, flower_run=own)
+    if not isinstance(claimed, str) or not protocol.is_flower_run_key(claimed):
+        raise FedsimError(f"the run names itself {str(claimed)[:40]!r}, which is no "
+                          "deployed run's id; this site does not train for it")
+    return RunKeys(run=claimed, flower_run=own)
 
 
 def _records(ledger: PrivacyLedger) -> list[LedgerRecord]:
@@ -177,12 +212,19 @@ def _append(ledger: PrivacyLedger, record: LedgerRecord) -> None:
                           "this site releases no DP update it cannot record") from err
 
 
-def run_records(ledger: PrivacyLedger, run: str, client_id: int) -> list[LedgerRecord]:
-    """This client's records of this run in the site's ledger, oldest first."""
-    return [r for r in _records(ledger) if r.run == run and r.client_id == client_id]
+def run_records(ledger: PrivacyLedger, run: RunKeys, client_id: int
+                ) -> list[LedgerRecord]:
+    """This client's records that count for this run: its own Flower run's first.
+
+    Oldest first within each part, so that the terms the first participation of
+    this Flower run pinned (`site_terms`: the accountant) are never switched by a
+    later claim to continue another run.
+    """
+    mine = [r for r in _records(ledger) if run.covers(r) and r.client_id == client_id]
+    return [r for r in mine if run.made_here(r)] + [r for r in mine if not run.made_here(r)]
 
 
-def own_history(ledger: PrivacyLedger, run: str, client_id: int
+def own_history(ledger: PrivacyLedger, run: RunKeys, client_id: int
                 ) -> tuple[list[Entry], bool]:
     """(this run's releases from the site's ledger, whether it already ran out)."""
     mine = run_records(ledger, run, client_id)
@@ -392,10 +434,11 @@ def _steps(history: list[Entry]) -> list[tuple[float, float, int]]:
     return [(e[2], e[3], e[4]) for e in history]
 
 
-def _record(*, run: str, server_round: int, client_id: int, step: tuple[float, float, int],
-            delta: float, accountant: str, eps: float, budget: float | None,
-            outcome: str, release: int | None) -> LedgerRecord:
-    return LedgerRecord(run=run, round=server_round, client_id=client_id,
+def _record(*, run: RunKeys, server_round: int, client_id: int,
+            step: tuple[float, float, int], delta: float, accountant: str, eps: float,
+            budget: float | None, outcome: str, release: int | None) -> LedgerRecord:
+    return LedgerRecord(run=run.run, flower_run=run.flower_run, round=server_round,
+                        client_id=client_id,
                         noise_multiplier=step[0], sample_rate=step[1], steps=step[2],
                         delta=delta, accountant=accountant, epsilon=eps, budget=budget,
                         released=outcome == RELEASED, release=release, outcome=outcome)
@@ -416,7 +459,7 @@ def dp_train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, *, msg: Messa
     server_round = int(config[protocol.ROUND])
     dp, n = settings["dp"], len(y)
     ledger = PrivacyLedger(site_ledger_path(msg, context, client_id))
-    run = run_key(msg, context, settings)
+    run = run_keys(msg, context, settings)
     # read history, decide, train, append: one message of this site at a time, so that
     # two of one run handled at once cannot both pass the budget on the same history
     with ledger.exclusive():
@@ -468,4 +511,4 @@ def exhausted_for_evaluation(msg: Message, context: Context, client_id: int) -> 
     if not settings.get("dp"):
         return False
     ledger = PrivacyLedger(site_ledger_path(msg, context, client_id))
-    return own_history(ledger, run_key(msg, context, settings), client_id)[1]
+    return own_history(ledger, run_keys(msg, context, settings), client_id)[1]

@@ -44,6 +44,14 @@ def flower_run_key(flower_run_id: int) -> str:
     return f"flower-{flower_run_id}"
 
 
+def is_flower_run_key(text: str) -> bool:
+    """True if `text` is a name `flower_run_key` gives (flower-<decimal run id>)."""
+    prefix, _, number = text.partition("-")
+    if prefix != "flower" or not (number.isascii() and number.isdigit()):
+        return False
+    return number == str(int(number)) and int(number) < 2**64  # one spelling per run
+
+
 # Differential privacy: MetricRecord keys of a DP client's reply
 DP_NOISE = "dp-noise-multiplier"
 DP_SAMPLE_RATE = "dp-sample-rate"

@@ -77,6 +77,7 @@ _OPTIONAL_KINDS: dict[str, tuple[tuple[type, ...], str]] = {
     "outcome": ((str, type(None)), "a string or null"),
     "site_epsilon": ((*_NUMBER, type(None)), "a number or null"),
     "reason": ((str, type(None)), "a string or null"),
+    "flower_run": ((str, type(None)), "a string or null"),
 }
 """Fields added later: absent in older ledgers (read as null)."""
 _FLOATS = ("noise_multiplier", "sample_rate", "delta", "epsilon", "budget", "site_epsilon")
@@ -150,6 +151,9 @@ class LedgerRecord(ReleaseOutcome):
     """Server records: the epsilon the client reported from its own ledger."""
     reason: str | None = None
     """Why a reply was rejected or refused (server records)."""
+    flower_run: str | None = None
+    """Deployed site records: the Flower run the participation came in (a resumed
+    run's later Flower runs record under `run`, the run's first id)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values, one key per field."""

@@ -147,10 +147,12 @@ def test_attack_server_run_ids_and_privacy_dirs_do_not_move_a_deployed_ledger(
         site = deployed_site(tmp_path, digits, server_dir=tmp_path / f"server-dir-{r}")
         if where == "environment":
             del site.context.node_config["privacy-dir"]
-        run = {**run_settings(epsilon_budget=BUDGET_2), "run_id": f"fresh-run-{r}"}
+        # a run name a resumed run would give: the site records under it, and still
+        # counts every release of its own Flower run
+        run = {**run_settings(epsilon_budget=BUDGET_2), "run_id": f"flower-{100 + r}"}
         replies.append(site.train(state, run, r))
     assert [trained(r) for r in replies] == [True, True, False]
-    assert {r.run for r in site_records(tmp_path)} == {f"flower-{FLOWER_RUN}"}
+    assert {r.flower_run for r in site_records(tmp_path)} == {f"flower-{FLOWER_RUN}"}
     assert not any((tmp_path / f"server-dir-{r}").exists() for r in (1, 2, 3))
     assert metrics(replies[2])[_key("DP_EPSILON")] == pytest.approx(true_epsilon(2))
 
@@ -168,6 +170,96 @@ def test_attack_new_flower_run_keeps_the_old_runs_releases(tmp_path, digits):
     assert len(released(records, f"flower-{FLOWER_RUN}")) == 2
     assert len(released(records, f"flower-{FLOWER_RUN + 1}")) == 1
     assert metrics(back)[_key("DP_EPSILON")] == pytest.approx(true_epsilon(2))
+
+
+def test_attack_resumed_run_keeps_counting_its_earlier_flower_runs(tmp_path, digits):
+    # A deployed run resumed after a crash (`fedsim deploy submit --resume`) is a new
+    # Flower run that names the run's first one. Budgets are per run: the resumed
+    # Flower runs must start from what the run spent before, not from 0.
+    state, run = harness.initial_state(), run_settings(epsilon_budget=BUDGET_2)
+    first = deployed_site(tmp_path, digits).train(state, run, 1)
+    resumed = {**run, "run_id": f"flower-{FLOWER_RUN}"}
+    second = deployed_site(tmp_path, digits, flower_run=8).train(state, resumed, 2)
+    third = deployed_site(tmp_path, digits, flower_run=9).train(state, resumed, 3)
+    assert [trained(r) for r in (first, second, third)] == [True, True, False]
+    assert metrics(second)[_key("DP_EPSILON")] == pytest.approx(true_epsilon(2))
+    records = site_records(tmp_path)
+    assert {r.run for r in records} == {f"flower-{FLOWER_RUN}"}
+    assert [r.flower_run for r in records] == ["flower-7", "flower-8", "flower-9"]
+    assert len(released(records)) == 2
+
+
+def test_attack_resume_claims_only_ever_add_to_the_count(tmp_path, digits):
+    # The server's Flower run 8 first claims to continue run 7 (which spent one
+    # release), then drops the claim, hoping its claimed release is forgotten: every
+    # release made in Flower run 8 counts in it, whatever each message claimed.
+    state, run = harness.initial_state(), run_settings(epsilon_budget=BUDGET_2)
+    deployed_site(tmp_path, digits).train(state, run, 1)
+    site = deployed_site(tmp_path, digits, flower_run=8)
+    claimed = site.train(state, {**run, "run_id": f"flower-{FLOWER_RUN}"}, 1)
+    unclaimed = [deployed_site(tmp_path, digits, flower_run=8).train(state, run, r)
+                 for r in (2, 3)]
+    assert [trained(r) for r in (claimed, *unclaimed)] == [True, True, False]
+    assert metrics(claimed)[_key("DP_EPSILON")] == pytest.approx(true_epsilon(2))
+    assert metrics(unclaimed[0])[_key("DP_EPSILON")] == pytest.approx(true_epsilon(2))
+    assert metrics(unclaimed[1])[_key("DP_EXHAUSTED")] == 1
+
+
+def test_attack_a_claim_to_continue_a_run_cannot_tighten_that_run(tmp_path, digits):
+    # Flower run 99 claims to continue the live run 7 with a tiny budget, hoping the
+    # record it leaves pins run 7's terms: run 7 counts its own Flower run only.
+    state, run = harness.initial_state(), run_settings(epsilon_budget=BUDGET_2)
+    deployed_site(tmp_path, digits).train(state, run, 1)
+    poison = {**run_settings(epsilon_budget=1e-6), "run_id": f"flower-{FLOWER_RUN}"}
+    deployed_site(tmp_path, digits, flower_run=99).train(state, poison, 1)
+    again = deployed_site(tmp_path, digits).train(state, run, 2)
+    assert trained(again)
+    assert metrics(again)[_key("DP_EPSILON")] == pytest.approx(true_epsilon(2))
+
+
+def test_attack_a_claim_cannot_switch_the_accountant_of_a_flower_run(tmp_path, digits):
+    # Run 8 spent its budget under RDP; it then claims to continue run 5, whose first
+    # record used PRV (tighter), hoping for one more release judged by PRV (found by
+    # a red-team pass: PRV eps 8.40, RDP eps 9.01 > budget 8.7).
+    state, budget = harness.initial_state(), 8.7
+    cheap = run_settings(epsilon_budget=budget, accountant="prv", noise_multiplier=1000.0)
+    deployed_site(tmp_path, digits, flower_run=5).train(state, cheap, 1)
+    run = run_settings(epsilon_budget=budget)
+    replies = [deployed_site(tmp_path, digits, flower_run=8).train(state, run, r)
+               for r in (1, 2, 3)]
+    claimed = deployed_site(tmp_path, digits, flower_run=8).train(
+        state, {**run, "run_id": "flower-5"}, 4)
+    assert [trained(r) for r in (*replies, claimed)] == [True, True, False, False]
+    assert {r.accountant for r in site_records(tmp_path) if r.flower_run == "flower-8"} \
+        == {"rdp"}
+
+
+def test_attack_a_run_has_one_name_however_it_is_spelt(tmp_path, digits):
+    # Flower run 7 names itself flower-07 and flower-007 (the same number), hoping
+    # that its continuations, which name flower-7, miss those releases.
+    state, run = harness.initial_state(), run_settings(epsilon_budget=BUDGET_2)
+    spelt = [deployed_site(tmp_path, digits).train(state, {**run, "run_id": name}, r)
+             for r, name in ((1, "flower-07"), (2, "flower-007"), (3, "flower-7"))]
+    assert [trained(r) for r in spelt] == [False, False, True]  # not names of a run
+    deployed_site(tmp_path, digits).train(state, run, 4)
+    resumed = deployed_site(tmp_path, digits, flower_run=8).train(
+        state, {**run, "run_id": f"flower-{FLOWER_RUN}"}, 5)
+    assert not trained(resumed)  # run 7's two releases count in its continuation
+
+
+@pytest.mark.parametrize("name", ["fresh-run", "flower-", "flower-1\u00b2", "flower-x1",
+                                  "sim-123", "flower-07", f"flower-{2**64}", 7, None])
+def test_attack_run_names_no_deployment_gives_are_refused(tmp_path, digits, name):
+    # Settings name the run with something no deployment names a run by: the site
+    # refuses to train (None: the key absent, the site's own Flower run, trains).
+    run = run_settings()
+    run.pop("run_id", None)
+    if name is not None:
+        run["run_id"] = name
+    reply = deployed_site(tmp_path, digits).train(harness.initial_state(), run, 1)
+    assert trained(reply) is (name is None)
+    assert len(released(site_records(tmp_path) if (tmp_path / "site-ledger").exists()
+                        else [])) == (1 if name is None else 0)
 
 
 def test_attack_history_reusing_site_release_ids_cannot_discount(tmp_path, digits):

@@ -103,11 +103,20 @@ def site_spec(msg: Message, context: Context, client_id: int) -> SiteSpec:
         raise DatasetError(f"client {client_id} has no data folder: start its "
                            "SuperNode with --node-config 'data-dir=\"/path\"'")
     settings = message_settings(msg)
-    model, run = settings["model"], context.run_config
+    model = settings["model"]
+    # the run's own settings (a resumed run's Flower run config holds the app's
+    # defaults, not the run's), read with the types and ranges a split needs
+    dataset, seed = settings.get("dataset"), settings.get("seed")
+    val_fraction = settings.get("val_fraction")
+    if not isinstance(dataset, str) or isinstance(seed, bool) or not isinstance(seed, int):
+        raise DatasetError("the run's settings name no dataset and seed; this site "
+                           "reads no data for it")
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float) \
+            or not 0.0 < val_fraction < 1.0:
+        raise DatasetError(f"the run's val_fraction {val_fraction!r} is not in (0, 1)")
     return SiteSpec(folder=str(context.node_config["data-dir"]),
-                    dataset=str(run.get("dataset", "digits")), client_id=client_id,
-                    seed=int(run.get("seed", settings.get("seed", 42))),
-                    val_fraction=float(run.get("val-fraction", 0.1)),
+                    dataset=dataset, client_id=client_id,
+                    seed=seed, val_fraction=float(val_fraction),
                     input_shape=tuple(int(d) for d in model["input_shape"]),
                     num_classes=int(model["num_classes"]),
                     vocab_size=model.get("vocab_size"))

@@ -68,6 +68,7 @@ def client_settings(plan: ServerPlan) -> dict:
         "lr": cfg.lr,
         "device": cfg.device,
         "seed": cfg.seed,
+        "val_fraction": cfg.val_fraction,
         "run_id": plan.run_id,
         "rounds": cfg.rounds,
         "fraction": cfg.fraction,

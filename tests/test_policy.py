@@ -172,7 +172,8 @@ def settings_message(kind: str = MessageType.TRAIN, **changes) -> Message:
     settings = {"model": {"name": "cnn", "input_shape": [1, 8, 8], "num_classes": 10,
                           "vocab_size": None},
                 "local_epochs": 1, "batch_size": 16, "lr": 0.1, "device": "cpu",
-                "seed": 1, "rounds": 3, "fraction": 1.0, "dp": None, "he": None}
+                "seed": 1, "rounds": 3, "fraction": 1.0, "dp": None, "he": None,
+                "dataset": "digits", "val_fraction": 0.1}
     config = ConfigRecord({protocol.SETTINGS: json.dumps(settings | changes),
                            protocol.ROUND: 1})
     return Message(RecordDict({protocol.CONFIG: config}), dst_node_id=1,

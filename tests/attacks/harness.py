@@ -34,7 +34,8 @@ def dp_settings(**dp) -> dict:
 def settings(*, rounds=3, batch_size=16, lr=1.0, seed=42, **dp) -> dict:
     return {"model": SPEC.to_dict(), "dataset": "digits", "local_epochs": 1,
             "batch_size": batch_size, "lr": lr, "device": "cpu", "seed": seed,
-            "rounds": rounds, "fraction": 1.0, "dp": dp_settings(**dp), "he": None}
+            "val_fraction": 0.1, "rounds": rounds, "fraction": 1.0,
+            "dp": dp_settings(**dp), "he": None}
 
 
 def store(folder: Path, x: np.ndarray, y: np.ndarray) -> Path:

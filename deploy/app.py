@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from flwr.app import Context
+from flwr.app import Array, ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedsim.client.app import app as client_app
 from fedsim.deploy.runconfig import DeployPlan, deploy_plan, model_spec
+from fedsim.deploy.rundir import Continuation, DeployRecorder
 from fedsim.errors import ConfigError
 from fedsim.protocol import flower_run_key
 from fedsim.server.app import HEPlan, ServerPlan, run_server
@@ -45,32 +46,62 @@ def he_plan(plan: DeployPlan) -> HEPlan | None:
                   client_key_path=plan.he_client_key)
 
 
-def server_plan(plan: DeployPlan, run_dir: Path) -> ServerPlan:
-    """Fedsim's ServerPlan for a deployment: no data on the server, no central eval."""
+def server_plan(plan: DeployPlan, run_dir: Path,
+                continuation: Continuation | None = None) -> ServerPlan:
+    """Fedsim's ServerPlan for a deployment: no data on the server, no central eval.
+
+    A continuation keeps its run's first id (what each SuperNode accounts it
+    under) and starts after its checkpoint's round.
+    """
     cfg = plan.config
+    checkpoint = continuation.checkpoint if continuation else None
     return ServerPlan(
         config=cfg, model=model_spec(plan), data_dir=None,
         ledger_path=str(run_dir / "privacy" / "ledger.jsonl") if cfg.dp else None,
-        run_id=flower_run_key(plan.flower_run_id),  # what each SuperNode calls this run
+        run_id=(continuation.run_id if continuation
+                else flower_run_key(plan.flower_run_id)),
         he=he_plan(plan), central_eval=False,
         handshake_timeout=plan.handshake_timeout,
+        resume_round=checkpoint.round if checkpoint else 0,
+        resume_arrays=(ArrayRecord({k: Array(v) for k, v in checkpoint.arrays.items()})
+                       if checkpoint else None),
     )
 
 
 def run_deployment(grid: Grid, context: Context) -> Path:
-    """Check the run config, make the run folder, run the rounds, write the summary."""
-    from fedsim.deploy.rundir import DeployRecorder
-
+    """Check the run config, make (or reopen) the run folder, run, write the summary."""
     plan = deploy_plan(context.run_config, run_id=context.run_id)
-    recorder = DeployRecorder.create(plan)
-    splan = server_plan(plan, recorder.run_dir)
-    recorder.write_config(splan)
-    log.warning("fedsim: run folder %s", recorder.run_dir)
+    recorder, splan = _open_run(plan)
     try:
         run_server(grid, splan, recorder)
     finally:
-        recorder.write_summary(splan)
+        try:
+            recorder.write_summary(splan)
+        finally:
+            recorder.close()
     return recorder.run_dir
+
+
+def _open_run(plan: DeployPlan) -> tuple[DeployRecorder, ServerPlan]:
+    """The run folder (locked: one ServerApp at a time) and the ServerPlan for it."""
+    continuation = None
+    if plan.resume:
+        recorder, continuation = DeployRecorder.reopen(plan)
+        plan = continuation.plan
+    else:
+        recorder = DeployRecorder.create(plan)
+    try:
+        splan = server_plan(plan, recorder.run_dir, continuation)
+        if continuation is None:
+            recorder.write_config(splan)
+            log.warning("fedsim: run folder %s", recorder.run_dir)
+        else:
+            log.warning("fedsim: resuming run folder %s after round %d",
+                        recorder.run_dir, splan.resume_round)
+    except BaseException:
+        recorder.close()
+        raise
+    return recorder, splan
 
 
 server_app = ServerApp()

@@ -147,5 +147,6 @@ def collect(source: Path, out: Path) -> Path:
                           "the run folder under the server's runs folder")
     if out.exists() and any(out.iterdir()):
         raise DeployError(f"'{out}' already holds files; choose an empty --out")
-    shutil.copytree(source, out, dirs_exist_ok=True)
+    shutil.copytree(source, out, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns(".lock"))  # the server's, not the run's
     return out

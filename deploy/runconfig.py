@@ -30,7 +30,7 @@ DEPLOY_FIELDS = ("clients", "rounds", "fraction", "local_epochs", "batch_size", 
                  "max_grad_norm", "delta", "accountant", "epsilon_budget", "secure_agg",
                  "he_params", "out")
 DEPLOY_KEYS = ("he-context", "he-client-key", "input-shape", "num-classes",
-               "handshake-timeout", "run-name")
+               "handshake-timeout", "run-name", "resume")
 DEFAULT_OUT = "/fedsim/runs"
 DEFAULT_HE_CLIENT_KEY = "/fedsim/he/client.key"
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -49,6 +49,7 @@ class DeployPlan:
     input_shape: tuple[int, ...] | None
     num_classes: int | None
     handshake_timeout: float
+    resume: bool = False  # continue the run folder `run_name` from its checkpoint
 
 
 def _present(value: Any) -> bool:
@@ -92,6 +93,17 @@ def _run_name(value: Any, run_id: int, problems: list[str]) -> str:
     return value
 
 
+def _resume(run_config: Mapping[str, Any], problems: list[str]) -> bool:
+    value = run_config.get("resume", False)
+    if not isinstance(value, bool):
+        problems.append(f"resume must be true or false, got {value!r}")
+        return False
+    if value and not _present(run_config.get("run-name", UNSET)):
+        problems.append("resume continues a run folder: give its run-name "
+                        "(`fedsim deploy submit --resume --run-name NAME`)")
+    return value
+
+
 def _optional_path(run_config: Mapping[str, Any], key: str) -> str | None:
     value = run_config.get(key, UNSET)
     return str(value) if _present(value) else None
@@ -123,6 +135,7 @@ def deploy_plan(run_config: Mapping[str, Any], *, run_id: int) -> DeployPlan:
         "num_classes": _positive(run_config, "num-classes", UNSET, problems, int),
         "handshake_timeout": _positive(run_config, "handshake-timeout", 120.0,
                                        problems) or 120.0,
+        "resume": _resume(run_config, problems),
     }
     try:
         config = build_config(values)

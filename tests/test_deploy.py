@@ -3,11 +3,13 @@
 The certificates and site keys come from `fedsim certs init`, the commands from
 fedsim.deploy.commands (the ones docker-compose.yml runs), the run from
 `fedsim deploy submit` (which drives `flwr run` on the deploy app). Four enrolled
-sites join one 2-round DP run: two train (site 0 under a policy whose epsilon
+sites join one 3-round DP run: two train (site 0 under a policy whose epsilon
 cap the run respects, site 1 without a policy), site 2 has no data folder, site
-3's policy requires secure aggregation. A second, 1-round run, in flight at the
-same time on the same sites, adds CKKS secure aggregation (keys from `fedsim keys
-init`; the server gets server.ctx only): site 3 trains too.
+3's policy requires secure aggregation. That run's ServerApp is killed in its
+second round and the run continued by `fedsim deploy submit --resume`. A second,
+1-round run, in flight at the same time on the same sites, adds CKKS secure
+aggregation (keys from `fedsim keys init`; the server gets server.ctx only): site 3
+trains too.
 Three more SuperNodes must be turned away: an unenrolled key, no CA, a wrong CA.
 Every process runs in its own process group and is killed at the end.
 """
@@ -469,18 +471,21 @@ class Submission:
     finish: Callable[[], FinishedRun]  # waits for the run, collects its folder
 
 
-def _submit(cluster: Cluster, name: str, *extra: str, rounds: int = 2) -> Submission:
-    """Submit a DP run to all sites, without waiting for it.
+def _submit(cluster: Cluster, name: str, *extra: str, rounds: int = 2,
+            resume: bool = False) -> Submission:
+    """Submit a DP run to all sites (or `resume` it), without waiting for it.
 
     Each submission has its own operator folder ($FLWR_HOME), so that two runs can be
     in flight at once, as two users of one federation would have them.
     """
     server_runs, collected = cluster.root / "server-runs", cluster.root / f"got-{name}"
-    argv = fedsim_cmd(
-        "deploy", "submit", "--superlink", cluster.superlink, "--ca", cluster.ca,
+    options = ["--resume"] if resume else [
         "--clients", str(SITES), "--rounds", str(rounds), "--fraction", "1.0",
         "--local-epochs", "1", "--batch-size", "16", "--lr", "0.2", "--dp",
-        "--noise-multiplier", "1.0", *extra,
+        "--noise-multiplier", "1.0", *extra]
+    argv = fedsim_cmd(
+        "deploy", "submit", "--superlink", cluster.superlink, "--ca", cluster.ca,
+        *options,
         "--run-name", name, "--server-out", str(server_runs), "--wait",
         "--timeout", str(RUN_TIMEOUT_S - 20), "--runs", str(server_runs),
         "--out", str(collected))
@@ -509,19 +514,67 @@ def _submit(cluster: Cluster, name: str, *extra: str, rounds: int = 2) -> Submis
     return Submission(proc=proc, finish=finish)
 
 
+def _holder_of(lock: Path) -> int:
+    """The pid of the process that holds this file open (the run folder's lock)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fds = list((entry / "fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) == str(lock):
+                    return int(entry.name)
+            except OSError:
+                continue
+    raise AssertionError(f"no process holds {lock}")
+
+
+def _crash_after_first_round(cluster: Cluster, name: str) -> int:
+    """SIGKILL the run's ServerApp once round 1 is checkpointed; its Flower run id.
+
+    The ServerApp is found by the run folder lock it holds. (Not `flwr stop`: a stop
+    that lands while a SuperNode is receiving one of the run's messages leaves that
+    SuperNode waiting forever in Flower 1.41; docs/deployment.md, troubleshooting.)
+    """
+    folder = cluster.root / "server-runs" / name
+    wait_until(lambda: (folder / "checkpoint" / "state.json").is_file(),
+               timeout=RUN_TIMEOUT_S, what=f"round 1 of {name}")
+    os.kill(_holder_of((folder / ".lock").resolve()), signal.SIGKILL)
+    return json.loads((folder / "deployment.json").read_text())["flower_runs"][0]
+
+
+def _check_stopped(name: str, submission: Submission) -> None:
+    """The crashed run's `submit --wait` ends with exit 2 and says how to go on.
+
+    (Flower marks the run failed once its ServerApp's heartbeats stop, ~60 s.)"""
+    stdout, stderr = submission.proc.communicate(timeout=RUN_TIMEOUT_S)
+    assert submission.proc.returncode == 2, stdout + stderr
+    assert f"submit --resume --run-name {name}" in stderr
+
+
 @pytest.fixture(scope="module")
 def both_runs(cluster, turned_away) -> dict[str, FinishedRun]:
-    """Two runs in flight at once on the same four sites: the 2-round DP run and a
-    1-round DP + HE run (its evaluation already has every site decrypt and verify
-    the aggregate; the plaintext run covers a second round's history). Each site
-    keeps its ledger and HE journal per run."""
-    runs = {"e2e": _submit(cluster, "e2e"),
+    """Two runs in flight at once on the same four sites: a 2-round DP run whose
+    ServerApp is killed in round 2 and which a second Flower run continues
+    (`--resume`), and a 1-round DP + HE run (its evaluation already has every site
+    decrypt and verify the aggregate; the plaintext run covers a second round's
+    history). Each site keeps its ledger and HE journal per run."""
+    # a seed and validation share other than the app's defaults: the continuation's
+    # own Flower run config holds the defaults, the sites must split as the run did
+    runs = {"e2e": _submit(cluster, "e2e", "--seed", "7", "--val-fraction", "0.2"),
             "e2e-he": _submit(cluster, "e2e-he", "--secure-agg", "he", "--he-context",
                               str(cluster.he_dir / "server.ctx"), rounds=1)}
+    crashed = runs["e2e"]
     try:
+        _crash_after_first_round(cluster, "e2e")
+        runs["e2e"] = _submit(cluster, "e2e", resume=True)
+        _check_stopped("e2e", crashed)
         return {name: run.finish() for name, run in runs.items()}
     finally:  # one that failed leaves no other submission waiting
-        for run in runs.values():
+        for run in (crashed, *runs.values()):
             run.proc.kill()
 
 
@@ -538,14 +591,34 @@ def finished_he_run(both_runs):
 def test_run_folder_is_complete(finished_run):
     folder = finished_run.folder
     for name in ("config.json", "metrics.jsonl", "model.pt", "summary.json",
-                 "report.html", "report.md"):
+                 "report.html", "report.md", "deployment.json"):
         assert (folder / name).is_file(), name
     assert [row["round"] for row in finished_run.rows] == [1, 2]
     assert finished_run.summary["finished"] is True
     assert finished_run.summary["rounds_completed"] == 2
     assert finished_run.summary["mode"] == "deployment"
+    assert finished_run.summary["resumed_from_round"] == 1  # killed in round 2
     config = json.loads((folder / "config.json").read_text())
     assert config["rounds"] == 2 and config["clients"] == SITES and config["dp"]
+
+
+def test_resumed_run_splits_the_sites_data_as_the_run_did(finished_run):
+    # 2 evaluating sites x 300 digits: val-fraction 0.2 holds out 60 rows each (the
+    # app's default 0.1, which the continuation's Flower run config holds: 30)
+    first, resumed = (row["fed_examples"] for row in finished_run.rows)
+    assert first == resumed == 2 * 60
+    config = json.loads((finished_run.folder / "config.json").read_text())
+    assert config["seed"] == 7 and config["val_fraction"] == 0.2
+
+
+def test_resumed_run_keeps_its_first_flower_runs_name(finished_run):
+    deployment = json.loads((finished_run.folder / "deployment.json").read_text())
+    first, second = deployment["flower_runs"]
+    assert first != second
+    assert deployment["run_id"] == f"flower-{first}"
+    ledger = finished_run.folder / "privacy" / "ledger.jsonl"
+    assert {json.loads(line)["run"] for line in ledger.read_text().splitlines()} == {
+        f"flower-{first}"}
 
 
 def test_privacy_ledger_records_the_training_sites(cluster, finished_run):
@@ -554,16 +627,26 @@ def test_privacy_ledger_records_the_training_sites(cluster, finished_run):
     assert sorted((r["round"], r["client_id"]) for r in records) == [
         (1, 0), (1, 1), (2, 0), (2, 1)]
     assert all(0 < r["epsilon"] < 20.0 for r in records)  # site 0's cap holds
+    first, second = json.loads(
+        (finished_run.folder / "deployment.json").read_text())["flower_runs"]
     # Each site kept its own ledger in its own Flower folder, written before each
-    # reply left it; it names the same releases and ends at the same epsilon.
+    # reply left it, under the run's one name across both Flower runs. It holds the
+    # releases the server recorded and any the crash cut off (a round-2 reply of the
+    # first Flower run, never summed): those count there too.
     for site in (0, 1):
         own = cluster.root / "homes" / f"site-{site}" / "fedsim-privacy" / \
             f"client-{site}.jsonl"
         mine = [r for r in records if r["client_id"] == site]
         kept = [json.loads(line) for line in own.read_text().splitlines()]
-        kept = [r for r in kept if r["run"] == mine[0]["run"]]
-        assert [r["release"] for r in kept] == [r["release"] for r in mine]
-        assert kept[-1]["epsilon"] == pytest.approx(mine[-1]["epsilon"], rel=1e-12)
+        kept = [r for r in kept if r["run"] == mine[0]["run"] and r["released"]]
+        assert {r["flower_run"] for r in kept} == {f"flower-{first}", f"flower-{second}"}
+        assert {r["release"] for r in mine} <= {r["release"] for r in kept}
+        lost = [r for r in kept if r["release"] not in {m["release"] for m in mine}]
+        assert all(r["round"] == 2 and r["flower_run"] == f"flower-{first}" for r in lost)
+        assert len(kept) == len(mine) + len(lost)
+        assert kept[-1]["epsilon"] >= mine[-1]["epsilon"] * (1 - 1e-12)
+        if not lost:
+            assert kept[-1]["epsilon"] == pytest.approx(mine[-1]["epsilon"], rel=1e-12)
 
 
 def test_final_model_is_a_trained_cnn(finished_run):
@@ -588,7 +671,9 @@ def test_server_log_names_each_failure(finished_run):
     assert "client 2: site data folder" in log and "does not exist" in log
     assert "client 0 refused" not in log and "client 1 refused" not in log
     # each line once (Opacus' import used to add a root handler: every line twice)
-    assert log.count("[ROUND 2/2]") == 1 and log.count("client 3 failed") == 4, log
+    # the resumed Flower run's log: round 2 only
+    assert log.count("[ROUND 1/1]") == 1, log
+    assert log.count("client 3 failed") == 2, log
 
 
 def test_sites_log_their_own_side(cluster, finished_run):
@@ -596,7 +681,7 @@ def test_sites_log_their_own_side(cluster, finished_run):
     assert "runs unrestricted" in logs[1]
     # once per run, not per message (the run sends site 1 four messages; the HE run
     # may already have happened when this test runs)
-    assert 1 <= logs[1].count("runs unrestricted") <= 2
+    assert 1 <= logs[1].count("runs unrestricted") <= 3  # 3 Flower runs
     assert "refused by site policy" in logs[3]
     assert "refused by site policy" not in logs[0]
     assert "does not exist" in logs[2]

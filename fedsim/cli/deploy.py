@@ -4,7 +4,8 @@
 run options exactly as `fedsim run` does, starts the run with `flwr run` on the
 deploy app, and (with --wait --out) copies the finished run folder from the
 server's runs folder and writes its report; `status` and `collect` do those steps
-alone.
+alone. `submit --resume --run-name NAME` continues a run whose ServerApp ended
+early (a crash, a SuperLink restart, `flwr stop`) from its last complete round.
 """
 
 from __future__ import annotations
@@ -146,6 +147,20 @@ def _overrides(given: dict[str, Any], config: Path | None, app_dir: Path
     return overrides_for(app_defaults(app_dir), values)
 
 
+def _check_resume(given: dict[str, Any], config: Path | None) -> None:
+    """--resume continues a run with its own config: run options would be ignored."""
+    from fedsim.deploy.flwr_cli import DeployError
+
+    if not given.get("run_name"):
+        raise DeployError("--resume continues a run folder: give its --run-name")
+    options = [f"--{k.replace('_', '-')}" for k in _RUN_OPTIONS if given[k] is not None]
+    if config is not None:
+        options.append("--config")
+    if options:
+        raise DeployError(f"--resume continues the run with the config it was started "
+                          f"with; drop {', '.join(options)}")
+
+
 @app.command("submit")
 def submit(
     superlink: SuperLinkOpt,
@@ -182,6 +197,7 @@ def submit(
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the run finishes.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 3600.0,
     runs: Annotated[Path | None, typer.Option(help="The server's runs folder as seen from here (to collect).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run folder --run-name from its last complete round, with its own config (give no run options).")] = False,
     out: Annotated[Path | None, typer.Option(help="With --wait: copy the run folder here and write its report.")] = None,
 ) -> None:
     """Validate the options like `fedsim run`, then start the run on the SuperLink."""
@@ -193,7 +209,10 @@ def submit(
         raise DeployError("--out copies the finished run: also give --wait and "
                           "--runs (the server's runs folder as seen from here)")
     app_dir = app_dir or app_folder()
-    items = _overrides(dict(locals()), config, app_dir)
+    given = dict(locals())
+    if resume:
+        _check_resume(given, config)
+    items = _overrides(given, config, app_dir) | ({"resume": True} if resume else {})
     conn = _connection(superlink, ca)
     run_id = submit_run(conn, items, app=app_dir)
     folder = run_name or f"run-{run_id}"
@@ -205,7 +224,10 @@ def submit(
     state = wait_for(conn, run_id, timeout=timeout)
     console.print(f"run {run_id}: {state.status}")
     if not state.completed:
-        why = state.details or "see `fedsim deploy log`"
-        raise DeployError(f"run {run_id} ended {state.status}: {why}")
+        why = (state.details if state.details not in ("", "N/A")
+               else "see `fedsim deploy log`")
+        resume = (f"; continue it from its last complete round with `fedsim deploy "
+                  f"submit --resume --run-name {folder}`" if run_name else "")
+        raise DeployError(f"run {run_id} ended {state.status}: {why}{resume}")
     if out is not None:
         collect(source=runs / folder, out=out)

@@ -112,11 +112,11 @@ class DeployRecorder(RunRecorder):
     def _reopen_locked(cls, plan: DeployPlan, run_dir: Path
                        ) -> tuple[DeployRecorder, Continuation]:
         stored, config, checkpoint = _resumable(run_dir)
+        _log_ignored(plan, config)  # the submission's options, against the run's own
         shape = stored.get("input_shape")
         plan = dataclasses.replace(plan, config=config, num_classes=stored.get("num_classes"),
                                    input_shape=tuple(shape) if shape else None)
         _check_checkpoint(checkpoint, plan, run_dir)
-        _log_ignored(plan, config)
         runs = [*stored["flower_runs"], plan.flower_run_id]
         atomic_write_json(run_dir / DEPLOYMENT_FILE, {**stored, "flower_runs": runs})
         recorder = cls(run_dir, resume_rows=checkpoint.rows,
@@ -202,6 +202,12 @@ def _resumable(run_dir: Path) -> tuple[dict, object, Checkpoint]:
             and is_flower_run_key(stored["run_id"])):
         raise ConfigError(f"cannot resume '{run_dir}': {DEPLOYMENT_FILE} names no "
                           "deployed run (run_id flower-<id>, flower_runs [ids])")
+    shape, classes = stored.get("input_shape"), stored.get("num_classes")
+    if not (shape is None or (isinstance(shape, list) and shape
+                              and all(type(d) is int and d > 0 for d in shape))) \
+            or not (classes is None or (type(classes) is int and classes > 0)):
+        raise ConfigError(f"cannot resume '{run_dir}': {DEPLOYMENT_FILE} holds no valid "
+                          "input_shape / num_classes (positive integers or null)")
     if not isinstance(summary, dict):
         raise ConfigError(f"cannot resume '{run_dir}': its summary.json is no run summary")
     if summary.get("finished"):

@@ -72,6 +72,13 @@ def test_reopened_run_goes_on_with_its_own_config_and_first_name(tmp_path):
     recorder.close()
 
 
+def test_resume_names_the_submitted_options_it_does_not_use(tmp_path, caplog):
+    started_run(tmp_path)
+    with caplog.at_level("WARNING", logger="fedsim.deploy"):
+        DeployRecorder.reopen(plan_for(tmp_path, SECOND, resume=True, rounds=9))[0].close()
+    assert "the submission's rounds differ and are not used" in caplog.text
+
+
 def test_a_run_folder_has_one_server_app_at_a_time(tmp_path):
     run_dir, _ = started_run(tmp_path)
     holder, _ = DeployRecorder.reopen(plan_for(tmp_path, SECOND, resume=True))
@@ -96,7 +103,9 @@ BROKEN = {  # file -> what an operator (or a bad disk) left in it
     "summary.json": ["{not json", "[1, 2]"],
     "deployment.json": ['{"run_id": "flower-11", "flower_runs": ["x"]}',
                         '{"run_id": "flower-11", "flower_runs": 5}',
-                        '{"run_id": "myrun", "flower_runs": [11]}', "{"],
+                        '{"run_id": "myrun", "flower_runs": [11]}', "{",
+                        '{"run_id": "flower-11", "flower_runs": [11], "input_shape": "18"}',
+                        '{"run_id": "flower-11", "flower_runs": [11], "num_classes": 0}'],
     "checkpoint/state.json": ["{", '{"round": 1}'],
     "metrics.jsonl": ["{bad\n"],
 }

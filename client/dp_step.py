@@ -424,6 +424,9 @@ def dp_randomness(settings: dict, *, server_round: int, client_id: int):
 def refuse_insecure_noise(msg: Message, context: Context, settings: dict) -> None:
     """A real site never lets the server choose its noise (simulations may)."""
     dp = settings.get("dp") or {}
+    if not isinstance(dp, dict):
+        raise FedsimError(f"the run's dp settings are {type(dp).__name__}, not a table "
+                          "of DP parameters; this site does not train for it")
     if dp.get("insecure_reproducible_noise") and not is_simulated(msg, context):
         raise FedsimError("the run asks for --insecure-reproducible-noise, which lets "
                           "the server remove this site's DP noise; a site never "

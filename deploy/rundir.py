@@ -19,7 +19,9 @@ import dataclasses
 import fcntl
 import json
 import logging
+import math
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +43,8 @@ log = logging.getLogger("fedsim.deploy")
 
 DEPLOYMENT_FILE = "deployment.json"
 LOCK_FILE = ".lock"
+MAX_INPUT = 3 * 1024 * 1024  # values per example a stored model may take (a 1024^2 RGB)
+MAX_CLASSES = 100_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -193,7 +197,8 @@ def _resumable(run_dir: Path) -> tuple[dict, object, Checkpoint]:
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         config = config_from_json((run_dir / "config.json").read_text())
         checkpoint = load_checkpoint(run_dir)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ArithmeticError,
+            EOFError, RecursionError, zipfile.BadZipFile) as err:
         raise ConfigError(f"cannot resume '{run_dir}': its files cannot be read "
                           f"({type(err).__name__}: {str(err)[:120]})") from err
     runs = stored.get("flower_runs") if isinstance(stored, dict) else None
@@ -203,11 +208,15 @@ def _resumable(run_dir: Path) -> tuple[dict, object, Checkpoint]:
         raise ConfigError(f"cannot resume '{run_dir}': {DEPLOYMENT_FILE} names no "
                           "deployed run (run_id flower-<id>, flower_runs [ids])")
     shape, classes = stored.get("input_shape"), stored.get("num_classes")
-    if not (shape is None or (isinstance(shape, list) and shape
-                              and all(type(d) is int and d > 0 for d in shape))) \
-            or not (classes is None or (type(classes) is int and classes > 0)):
+    if not (shape is None or (isinstance(shape, list) and 0 < len(shape) <= 4
+                              and all(type(d) is int and 0 < d <= 4096 for d in shape)
+                              and math.prod(shape) <= MAX_INPUT)) \
+            or not (classes is None or (type(classes) is int and 0 < classes <= MAX_CLASSES)):
         raise ConfigError(f"cannot resume '{run_dir}': {DEPLOYMENT_FILE} holds no valid "
-                          "input_shape / num_classes (positive integers or null)")
+                          "input_shape / num_classes (small positive integers or null)")
+    if checkpoint is not None and checkpoint.round < 1:
+        raise ConfigError(f"cannot resume '{run_dir}': its checkpoint names round "
+                          f"{checkpoint.round}")
     if not isinstance(summary, dict):
         raise ConfigError(f"cannot resume '{run_dir}': its summary.json is no run summary")
     if summary.get("finished"):

@@ -105,9 +105,13 @@ BROKEN = {  # file -> what an operator (or a bad disk) left in it
                         '{"run_id": "flower-11", "flower_runs": 5}',
                         '{"run_id": "myrun", "flower_runs": [11]}', "{",
                         '{"run_id": "flower-11", "flower_runs": [11], "input_shape": "18"}',
-                        '{"run_id": "flower-11", "flower_runs": [11], "num_classes": 0}'],
-    "checkpoint/state.json": ["{", '{"round": 1}'],
-    "metrics.jsonl": ["{bad\n"],
+                        '{"run_id": "flower-11", "flower_runs": [11], "num_classes": 0}',
+                        '{"run_id": "flower-11", "flower_runs": [11], '
+                        '"input_shape": [1099511627776, 1, 1]}'],
+    "checkpoint/state.json": ["{", '{"round": 1}', '{"round": Infinity, "keys": []}',
+                              '{"round": -3, "keys": []}'],
+    "checkpoint/global.npz": ["", "PK\x03\x04 not a zip"],
+    "metrics.jsonl": ["{bad\n", "[" * 100_000],
 }
 
 

@@ -247,6 +247,16 @@ def test_attack_a_run_has_one_name_however_it_is_spelt(tmp_path, digits):
     assert not trained(resumed)  # run 7's two releases count in its continuation
 
 
+@pytest.mark.parametrize("dp", [5, [1], "x", True])
+def test_attack_dp_settings_that_are_no_table_are_one_refusal(tmp_path, digits, dp):
+    # Found by a red-team pass: a `dp` that is no JSON object raised AttributeError
+    # out of the site's guard (a traceback, not a refusal).
+    reply = deployed_site(tmp_path, digits).train(harness.initial_state(),
+                                                  {**run_settings(), "dp": dp}, 1)
+    assert reply.has_error() and "\n" not in reply.error.reason
+    assert "Traceback" not in reply.error.reason
+
+
 @pytest.mark.parametrize("name", ["fresh-run", "flower-", "flower-1\u00b2", "flower-x1",
                                   "sim-123", "flower-07", f"flower-{2**64}", 7, None])
 def test_attack_run_names_no_deployment_gives_are_refused(tmp_path, digits, name):

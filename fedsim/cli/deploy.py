@@ -226,8 +226,8 @@ def submit(
     if not state.completed:
         why = (state.details if state.details not in ("", "N/A")
                else "see `fedsim deploy log`")
-        resume = (f"; continue it from its last complete round with `fedsim deploy "
-                  f"submit --resume --run-name {folder}`" if run_name else "")
-        raise DeployError(f"run {run_id} ended {state.status}: {why}{resume}")
+        hint = (f"; continue it from its last complete round with `fedsim deploy "
+                f"submit --resume --run-name {folder}`" if run_name else "")
+        raise DeployError(f"run {run_id} ended {state.status}: {why}{hint}")
     if out is not None:
         collect(source=runs / folder, out=out)

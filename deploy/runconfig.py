@@ -9,6 +9,7 @@ simulation accepts.
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from collections.abc import Mapping
@@ -16,23 +17,45 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedsim.config import FIELD_NAMES, RunConfig, build_config, flag_name
+from fedsim.config import FIELD_NAMES, RunConfig, build_config, field_options, flag_name
 from fedsim.errors import ConfigError
 from fedsim.fedmodels.datasets import dataset_info
 from fedsim.fedmodels.models import ModelSpec
+from fedsim.options import DEPLOYMENT, DEPLOYMENT_ONLY, UNSET, Option
+from fedsim.server.strategies.registry import strategy_options
 
-UNSET = ""
+DEFAULT_HE_CLIENT_KEY = "/fedsim/he/client.key"
+STRATEGY_OPTIONS = "strategy-options"
+# The deployment's own keys, beside the RunConfig fields that apply to deployments.
+DEPLOY_OPTIONS = (
+    Option(name="run_name", kind=str, default=None, scope=DEPLOYMENT_ONLY,
+           help="The run folder's name under the server's runs folder.",
+           shown="run-<run id>"),
+    Option(name="he_context", kind=str, default="/fedsim/he/server.ctx",
+           scope=DEPLOYMENT_ONLY, help="The server's public HE context (server.ctx) "
+           "on the server."),
+    Option(name="he_client_key", kind=str, default=DEFAULT_HE_CLIENT_KEY,
+           scope=DEPLOYMENT_ONLY, help="Where sites find client.key when their node "
+           "config names none."),
+    Option(name="input_shape", kind=str, default=None, scope=DEPLOYMENT_ONLY,
+           help="C,H,W for datasets without a fixed shape (imagefolder, csv)."),
+    Option(name="num_classes", kind=int, default=None, scope=DEPLOYMENT_ONLY,
+           help="Classes, for datasets without a fixed count."),
+    Option(name="handshake_timeout", kind=float, default=120.0, scope=DEPLOYMENT_ONLY,
+           help="Seconds the server waits for --clients SuperNodes before round 1."),
+    Option(name="resume", kind=bool, default=False, scope=DEPLOYMENT_ONLY,
+           flags=("--resume",), help="Continue the run folder --run-name from its last "
+           "complete round, with its own config (give no run options)."),
+    Option(name="strategy_options", kind=str, default=None, scope=DEPLOYMENT_ONLY,
+           on_cli=False, help="The strategy's own options as a JSON table "
+           '(`fedsim deploy submit` writes it from flags such as --mu).'),
+)
 # The RunConfig fields a deployment uses; the others (data_dir, partition, Ray
 # resources, ...) describe a simulation and are refused in a run config.
-DEPLOY_FIELDS = ("clients", "rounds", "fraction", "local_epochs", "batch_size", "lr",
-                 "model", "dataset", "val_fraction", "seed", "device", "round_timeout",
-                 "min_clients", "max_len", "dp", "noise_multiplier", "target_epsilon",
-                 "max_grad_norm", "delta", "accountant", "epsilon_budget", "secure_agg",
-                 "he_params", "out")
-DEPLOY_KEYS = ("he-context", "he-client-key", "input-shape", "num-classes",
-               "handshake-timeout", "run-name", "resume")
-DEFAULT_OUT = "/fedsim/runs"
-DEFAULT_HE_CLIENT_KEY = "/fedsim/he/client.key"
+DEPLOY_FIELDS = tuple(o.name for o in field_options() if o.applies_to(DEPLOYMENT))
+DEPLOY_KEYS = tuple(o.flag for o in DEPLOY_OPTIONS)
+_HANDSHAKE = next(o.default for o in DEPLOY_OPTIONS if o.name == "handshake_timeout")
+DEFAULT_OUT = next(o.app_default() for o in field_options() if o.name == "out")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -109,8 +132,23 @@ def _optional_path(run_config: Mapping[str, Any], key: str) -> str | None:
     return str(value) if _present(value) else None
 
 
+def _strategy_values(text: Any, problems: list[str]) -> dict[str, Any]:
+    """The strategy's own options from their JSON table ("" for none)."""
+    if not _present(text):
+        return {}
+    try:
+        table = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        table = None
+    if not isinstance(table, dict):
+        problems.append(f"{STRATEGY_OPTIONS} must be a JSON table such as "
+                        f"'{{\"mu\": 0.01}}', got {text!r}")
+        return {}
+    return {str(k).replace("-", "_"): v for k, v in table.items()}
+
+
 def _fedsim_values(run_config: Mapping[str, Any], problems: list[str]) -> dict:
-    values: dict[str, Any] = {}
+    values = _strategy_values(run_config.get(STRATEGY_OPTIONS, UNSET), problems)
     for key, value in run_config.items():
         if key in DEPLOY_KEYS or not _present(value):
             continue
@@ -133,8 +171,8 @@ def deploy_plan(run_config: Mapping[str, Any], *, run_id: int) -> DeployPlan:
         "run_name": _run_name(run_config.get("run-name", UNSET), run_id, problems),
         "input_shape": _shape(run_config.get("input-shape", UNSET), problems),
         "num_classes": _positive(run_config, "num-classes", UNSET, problems, int),
-        "handshake_timeout": _positive(run_config, "handshake-timeout", 120.0,
-                                       problems) or 120.0,
+        "handshake_timeout": _positive(run_config, "handshake-timeout", _HANDSHAKE,
+                                       problems) or _HANDSHAKE,
         "resume": _resume(run_config, problems),
     }
     try:
@@ -191,9 +229,64 @@ def overrides_for(defaults: Mapping[str, Any], values: Mapping[str, Any]
     declares, and the server fuses them over the app's defaults, as done here.
     """
     overrides = {flag_name(str(k).replace("-", "_")): v for k, v in values.items()}
+    plugin = {o.flag for o in strategy_options()}
+    own = {k: overrides.pop(k) for k in sorted(set(overrides) & plugin)}
+    if own:
+        overrides[STRATEGY_OPTIONS] = json.dumps(own, sort_keys=True)
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
         raise ConfigError(f"not a deployment option: {', '.join(unknown)} (the app "
                           f"declares: {', '.join(defaults)})")
     model_spec(deploy_plan({**defaults, **overrides}, run_id=0))
     return overrides
+
+
+def app_options() -> tuple[Option, ...]:
+    """The options a deployment's run config declares, in the app's order."""
+    return (*(o for o in field_options() if o.applies_to(DEPLOYMENT)), *DEPLOY_OPTIONS)
+
+
+def app_config() -> dict[str, Any]:
+    """`[tool.flwr.app.config]` as generated from the declarations."""
+    return {o.flag: o.app_default() for o in app_options()}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+def render_app_config() -> str:
+    """The body of deploy/pyproject.toml's `[tool.flwr.app.config]`.
+
+    One key a line; an unset key says what applies instead.
+    """
+    lines = []
+    for option in app_options():
+        value = option.app_default()
+        line = f"{option.flag} = {_toml_value(value)}"
+        if value == UNSET and option.shown:
+            line += f"  # {option.shown}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+APP_CONFIG_START = "[tool.flwr.app.config]\n"
+
+
+def write_app_config(path: Path) -> bool:
+    """Regenerate the app config table at the end of `path`; True if it changed."""
+    text = path.read_text(encoding="utf-8")
+    head = text[:text.index(APP_CONFIG_START) + len(APP_CONFIG_START)]
+    new = head + render_app_config()
+    if new != text:
+        path.write_text(new, encoding="utf-8")
+    return new != text
+
+
+if __name__ == "__main__":  # python -m fedsim.deploy.runconfig: after changing an option
+    print("rewrote" if write_app_config(Path(__file__).with_name("pyproject.toml"))
+          else "up to date", "deploy/pyproject.toml [tool.flwr.app.config]")

@@ -6,14 +6,14 @@ reported together in one ConfigError.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from fedsim.errors import ConfigError
+from fedsim.options import SIMULATION_ONLY, Option, dataclass_options, opt
 
 Partition = Literal["iid", "dirichlet", "shards"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -38,59 +38,140 @@ DP_IMAGE_MODEL = "dp-cnn"
 DEFAULT_DATASET_FOR_MODEL = {"text": "bbc-news"}
 
 
+def _with_dp(key: str, default: Any) -> str:
+    return f"{default:g}; {DP_DEFAULTS[key]:g} with --dp"
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
-    """Everything a `fedsim run` needs; field names are the flags with '_' for '-'."""
+    """Everything a `fedsim run` needs; field names are the flags with '_' for '-'.
 
-    clients: int = 100
-    rounds: int = 30
-    fraction: float = 0.1
-    local_epochs: int = 5
-    batch_size: int = 10
-    lr: float = 0.2
-    model: str = "cnn"
-    dataset: str = "digits"
-    data_dir: str | None = None
-    partition: Partition = "iid"
-    alpha: float = 0.5
-    shards_per_client: int = 2
-    val_fraction: float = 0.1
-    seed: int = 42
-    device: Device = "auto"
-    cpus_per_client: float = 1.0
-    gpus_per_client: float = 0.0
-    round_timeout: float = 600.0
-    min_clients: int = 1
-    max_len: int = 64
-    ray_address: str | None = None  # an existing Ray cluster (e.g. "10.0.0.5:6379")
+    Each field is one option's only declaration (`opt`): the CLI flags, `--help`,
+    TOML keys and the deployment app's run config are generated from it.
+    """
+
+    clients: int = opt(100, "Number of simulated clients.", deploy_default=2,
+                       deploy_help="SuperNodes the server waits for before round 1.")
+    rounds: int = opt(30, "Federated rounds.", deploy_default=3)
+    fraction: float = opt(0.1, "Fraction of clients sampled per round, in (0, 1].",
+                          deploy_default=1.0)
+    local_epochs: int = opt(5, "Local epochs per round.", deploy_default=1)
+    batch_size: int = opt(10, "Local batch size.", shown=_with_dp("batch_size", 10))
+    lr: float = opt(0.2, "Local SGD learning rate.", shown=_with_dp("lr", 0.2))
+    model: str = opt("cnn", "Model name (see `fedsim models`).",
+                     shown="cnn; dp-cnn with --dp on image datasets")
+    dataset: str = opt("digits", "Dataset name (see `fedsim datasets`); in a deployment, "
+                       "the dataset the sites hold (its format and classes).",
+                       shown="digits; bbc-news with --model text")
+    data_dir: str | None = opt(
+        None, "Folder with the files of a dataset read from local files (not for "
+        "embedded ones: digits, mnist-5k, bbc-news).", scope=SIMULATION_ONLY)
+    partition: Partition = opt("iid", "How clients' data is cut: iid, dirichlet or shards.",
+                               scope=SIMULATION_ONLY)
+    alpha: float = opt(0.5, "Dirichlet concentration (with --partition dirichlet).",
+                       scope=SIMULATION_ONLY)
+    shards_per_client: int = opt(2, "Label shards per client (with --partition shards).",
+                                 scope=SIMULATION_ONLY)
+    val_fraction: float = opt(0.1, "Share of each client's data kept for validation, "
+                              "in (0, 1).")
+    seed: int = opt(42, "Seed for partitions, sampling, splits and training.")
+    device: Device = opt("auto", "auto, cpu or cuda (auto picks cuda when present).")
+    cpus_per_client: float = opt(1.0, "Ray CPUs per client.", scope=SIMULATION_ONLY)
+    gpus_per_client: float = opt(0.0, "Ray (fractional) GPUs per client; 0 with a GPU "
+                                 "present means 0.2.", scope=SIMULATION_ONLY)
+    round_timeout: float = opt(600.0, "Seconds to wait for replies each round.")
+    min_clients: int = opt(1, "End the run when fewer clients than this can train "
+                           "(e.g. budgets exhausted).")
+    max_len: int = opt(64, "Text models: tokens per example (pad/truncate).")
+    ray_address: str | None = opt(
+        None, "Run on an existing Ray cluster (HOST:PORT of its head, as `ray start "
+        "--head` prints) instead of a local Ray.", scope=SIMULATION_ONLY,
+        shown="$FEDSIM_RAY_ADDRESS when set, else a fresh local Ray")
     # sample-level differential privacy (Opacus DP-SGD on every client)
-    dp: bool = False
-    noise_multiplier: float | None = None
-    target_epsilon: float | None = None
-    max_grad_norm: float = 1.0
-    delta: float | None = None
-    accountant: AccountantKind = "rdp"
-    epsilon_budget: float | None = None  # with --target-epsilon: defaults to it
-    max_participations: int | None = None  # cap K per client (None: every round)
-    # INSECURE: noise and Poisson batches from (seed, round, client), which the
-    # server knows: runs repeat exactly and offer no DP against the server.
-    insecure_reproducible_noise: bool = False
+    dp: bool = opt(False, "Train every client with Opacus DP-SGD. This is SAMPLE-LEVEL DP "
+                   "per client: it protects each training example of a client against "
+                   "anyone who sees that client's updates or the model; it does not hide "
+                   "whether a client took part (that would be client-level DP).",
+                   flags=("--dp/--no-dp",))
+    noise_multiplier: float | None = opt(
+        None, "DP-SGD noise multiplier (or give --target-epsilon).",
+        shown=f"none; {DEFAULT_NOISE_MULTIPLIER:g} with --dp")
+    target_epsilon: float | None = opt(
+        None, "Calibrate the noise per client so that no client ends above this epsilon: "
+        "for the most rounds one client may train in (--max-participations; default "
+        "every round). The epsilon budget defaults to it.",
+        shown="none: --noise-multiplier sets the noise")
+    max_grad_norm: float = opt(1.0, "DP-SGD per-sample clipping norm.")
+    delta: float | None = opt(None, "DP delta.",
+                              shown="min(1e-5, 0.1/n) for a client with n examples, "
+                              "below 1/n")
+    accountant: AccountantKind = opt(
+        "rdp", "Privacy accountant: rdp or prv (gdp is refused: it is approximate and "
+        "may understate epsilon).")
+    epsilon_budget: float | None = opt(
+        None, "Per-client epsilon budget: a client refuses a round that would exceed it, "
+        "and the server refuses such an update.",
+        shown="none; with --target-epsilon: the target")
+    max_participations: int | None = opt(
+        None, "Cap K on the rounds one client trains in; the server never samples it "
+        "more often, and --target-epsilon calibrates for K.", scope=SIMULATION_ONLY,
+        shown="every round")
+    insecure_reproducible_noise: bool = opt(
+        False, "INSECURE, research only: derive DP-SGD's noise and Poisson batches from "
+        "(seed, round, client) so a run repeats exactly. The server knows those numbers "
+        "and can remove the noise: NO DP AGAINST THE SERVER (or, under HE, against "
+        "other clients).", scope=SIMULATION_ONLY,
+        flags=("--insecure-reproducible-noise",))
+    strategy: str = opt("fedavg", "Aggregation strategy (see `fedsim strategies`); its "
+                        "own options (e.g. --mu of fedprox) apply with it only.")
+    # the chosen strategy's own options (declared in its module), as (name, value)
+    strategy_options: tuple[tuple[str, Any], ...] = ()
     # secure aggregation
-    secure_agg: SecureAgg = "none"
-    he_params: HEParamSet = "default"
-    out: str | None = None
+    secure_agg: SecureAgg = opt("none", "none, or he: clients send CKKS ciphertexts and "
+                                "the server sums what it cannot read.")
+    he_params: HEParamSet = opt("default", "HE parameter set: default or compact.")
+    out: str | None = opt(
+        None, "Run folder; one that already holds a run is refused (see --resume, "
+        "--force).", shown="runs/<timestamp>", deploy_default="/fedsim/runs",
+        deploy_flag="server-out",
+        deploy_help="Runs folder on the server; the run's folder is <it>/<run name>.")
 
     def to_dict(self) -> dict[str, Any]:
-        """The resolved configuration as plain JSON-able values."""
-        return dataclasses.asdict(self)
+        """The resolved configuration as plain JSON-able values.
+
+        Flat: the strategy's options sit beside the others, as in a TOML file.
+        """
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        own = dict(values.pop("strategy_options"))
+        return {**values, **own}
+
+    def option(self, name: str) -> Any:
+        """The value of one of the chosen strategy's own options."""
+        return dict(self.strategy_options)[name]
 
     def clients_per_round(self) -> int:
         """How many clients are sampled each round (at least one)."""
         return max(1, int(round(self.fraction * self.clients)))
 
 
-FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
-_TYPES: dict[str, Any] = {f.name: f.type for f in fields(RunConfig)}
+_FIELD_OPTIONS = dataclass_options(RunConfig, _LITERALS)
+FIELD_NAMES = tuple(o.name for o in _FIELD_OPTIONS)
+
+
+def field_options() -> tuple[Option, ...]:
+    """RunConfig's own options (no plug-in's), in declaration order."""
+    return _FIELD_OPTIONS
+
+
+def run_options() -> tuple[Option, ...]:
+    """Every run option: RunConfig's fields, then the strategies' own options."""
+    from fedsim.server.strategies.registry import strategy_options
+
+    return (*_FIELD_OPTIONS, *strategy_options())
+
+
+def _options_by_name() -> dict[str, Option]:
+    return {o.name: o for o in run_options()}
 
 
 def flag_name(key: str) -> str:
@@ -98,29 +179,28 @@ def flag_name(key: str) -> str:
     return key.replace("_", "-")
 
 
-def _coerce(key: str, value: Any, problems: list[str]) -> Any:
-    """Convert a raw TOML/flag value to the field's type, recording problems."""
-    kind = _TYPES[key]
-    name = flag_name(key)
+def _coerce(option: Option, value: Any, problems: list[str]) -> Any:
+    """Convert a raw TOML/flag value to the option's type, recording problems."""
+    name = option.flag
     if value is None:
         return None
-    if kind == "bool":
+    if option.kind is bool:
         if not isinstance(value, bool):
             problems.append(f"{name} must be true or false, got {value!r}")
         return value
-    if kind in ("int", "int | None"):
+    if option.kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             problems.append(f"{name} must be an integer, got {value!r}")
         return value
-    if kind in ("float", "float | None"):
+    if option.kind is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             problems.append(f"{name} must be a number, got {value!r}")
             return value
         return float(value)
-    if kind in _LITERALS:
-        allowed = get_args(_LITERALS[kind])
-        if value not in allowed:
-            problems.append(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    if option.choices:
+        if value not in option.choices:
+            problems.append(f"{name} must be one of {', '.join(option.choices)}, "
+                            f"got {value!r}")
         return value
     if not isinstance(value, str):
         problems.append(f"{name} must be a string, got {value!r}")
@@ -223,13 +303,15 @@ def build_config(values: dict[str, Any]) -> RunConfig:
     """Validate raw values (defaults filled in) and return a frozen RunConfig."""
     problems: list[str] = []
     normalized: dict[str, Any] = {}
+    options = _options_by_name()
     for raw_key, value in values.items():
-        key = raw_key.replace("-", "_")
-        if key not in FIELD_NAMES:
-            valid = ", ".join(flag_name(k) for k in FIELD_NAMES)
+        key = str(raw_key).replace("-", "_")
+        if key not in options:
+            valid = ", ".join(o.flag for o in options.values())
             problems.append(f"unknown config key '{raw_key}'; valid keys: {valid}")
             continue
-        normalized[key] = _coerce(key, value, problems)
+        normalized[key] = _coerce(options[key], value, problems)
+    plugin = {k: normalized.pop(k) for k in list(normalized) if options[k].owner}
     merged = {**RunConfig().to_dict(), **normalized}
     if merged["dp"] is True:
         merged.update({k: v for k, v in DP_DEFAULTS.items() if k not in normalized})
@@ -248,9 +330,27 @@ def build_config(values: dict[str, Any]) -> RunConfig:
     _check_ranges(merged, problems)
     _check_names(merged, problems)
     _check_privacy(merged, problems)
+    merged["strategy_options"] = _strategy_options(merged, plugin, problems)
     if problems:
         raise ConfigError(problems)
     return RunConfig(**merged)
+
+
+def _strategy_options(cfg: dict[str, Any], given: dict[str, Any], problems: list[str]
+                      ) -> tuple[tuple[str, Any], ...]:
+    """The chosen strategy's own options (defaults filled in), checked by it."""
+    from fedsim.server.strategies.registry import check_strategy, strategy_options
+
+    chosen = cfg["strategy"]
+    for name in given:
+        owner = next(o.owner for o in strategy_options() if o.name == name)
+        if owner != chosen:
+            problems.append(f"--{flag_name(name)} is an option of --strategy {owner}; "
+                            f"give --strategy {owner} or drop --{flag_name(name)}")
+    values = {o.name: given.get(o.name, o.default) for o in strategy_options()
+              if o.owner == chosen}
+    problems.extend(check_strategy(cfg, values))
+    return tuple(sorted(values.items()))
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

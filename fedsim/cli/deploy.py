@@ -16,6 +16,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from fedsim.options import DEPLOYMENT, Option, with_options
+
 app = typer.Typer(
     help="Run fedsim on a Flower deployment: enroll sites, submit runs, collect results.",
     no_args_is_help=True,
@@ -121,13 +123,24 @@ def site_data(
         "containers' user")
 
 
-_RUN_OPTIONS = ("clients", "rounds", "fraction", "local_epochs", "batch_size", "lr",
-                "model", "dataset", "val_fraction", "seed", "device", "round_timeout",
-                "min_clients", "max_len", "dp", "noise_multiplier", "target_epsilon",
-                "max_grad_norm", "delta", "accountant", "epsilon_budget", "secure_agg")
-_DEPLOY_OPTIONS = {"run_name": "run-name", "server_out": "out",
-                   "he_context": "he-context", "input_shape": "input-shape",
-                   "num_classes": "num-classes"}
+def submit_options() -> tuple[Option, ...]:
+    """`submit`'s generated flags: the run options a deployment uses, then its own."""
+    from fedsim.config import run_options
+    from fedsim.deploy.runconfig import DEPLOY_OPTIONS
+
+    return (*run_options(), *DEPLOY_OPTIONS)
+
+
+def _given(given: dict[str, Any]) -> dict[str, Any]:
+    """The generated flags given, by run-config key ('server_out' -> 'out')."""
+    values = {}
+    for option in submit_options():
+        if not (option.applies_to(DEPLOYMENT) and option.on_cli):
+            continue
+        param = (option.deploy_flag or option.flag).replace("-", "_")
+        if given.get(param) is not None:
+            values[option.flag] = given[param]
+    return values
 
 
 def _overrides(given: dict[str, Any], config: Path | None, app_dir: Path
@@ -141,19 +154,18 @@ def _overrides(given: dict[str, Any], config: Path | None, app_dir: Path
     from fedsim.deploy.runconfig import app_defaults, overrides_for
 
     values: dict[str, Any] = dict(read_config_file(config)) if config else {}
-    values.update({k: given[k] for k in _RUN_OPTIONS if given[k] is not None})
-    values.update({key: given[name] for name, key in _DEPLOY_OPTIONS.items()
-                   if given[name] is not None})
+    values.update(_given(given))
     return overrides_for(app_defaults(app_dir), values)
 
 
 def _check_resume(given: dict[str, Any], config: Path | None) -> None:
     """--resume continues a run with its own config: run options would be ignored."""
     from fedsim.deploy.flwr_cli import DeployError
+    from fedsim.deploy.runconfig import DEPLOY_KEYS
 
     if not given.get("run_name"):
         raise DeployError("--resume continues a run folder: give its --run-name")
-    options = [f"--{k.replace('_', '-')}" for k in _RUN_OPTIONS if given[k] is not None]
+    options = [f"--{k}" for k in _given(given) if k not in DEPLOY_KEYS]
     if config is not None:
         options.append("--config")
     if options:
@@ -162,43 +174,17 @@ def _check_resume(given: dict[str, Any], config: Path | None) -> None:
 
 
 @app.command("submit")
+@with_options(submit_options, DEPLOYMENT)
 def submit(
     superlink: SuperLinkOpt,
     ca: CAOpt,
-    clients: Annotated[int | None, typer.Option(help="SuperNodes the server waits for.")] = None,
-    rounds: Annotated[int | None, typer.Option(help="Federated rounds.")] = None,
-    fraction: Annotated[float | None, typer.Option(help="Fraction of clients per round.")] = None,
-    local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Local batch size.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Local SGD learning rate.")] = None,
-    model: Annotated[str | None, typer.Option(help="Model name (see `fedsim models`).")] = None,
-    dataset: Annotated[str | None, typer.Option(help="Dataset the sites hold (its format and classes).")] = None,
-    val_fraction: Annotated[float | None, typer.Option(help="Share of each site's data kept for validation.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for sampling, splits and training.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda on the sites.")] = None,
-    round_timeout: Annotated[float | None, typer.Option(help="Seconds to wait for replies each round.")] = None,
-    min_clients: Annotated[int | None, typer.Option(help="End when fewer clients than this can train.")] = None,
-    max_len: Annotated[int | None, typer.Option(help="Text models: tokens per example.")] = None,
-    dp: Annotated[bool | None, typer.Option("--dp/--no-dp", help="Sample-level DP-SGD on every site.")] = None,
-    noise_multiplier: Annotated[float | None, typer.Option(help="DP-SGD noise multiplier.")] = None,
-    target_epsilon: Annotated[float | None, typer.Option(help="Calibrate noise to this epsilon.")] = None,
-    max_grad_norm: Annotated[float | None, typer.Option(help="DP-SGD clipping norm.")] = None,
-    delta: Annotated[float | None, typer.Option(help="DP delta.")] = None,
-    accountant: Annotated[str | None, typer.Option(help="rdp or prv (gdp is refused: approximate, may understate).")] = None,
-    epsilon_budget: Annotated[float | None, typer.Option(help="Per-site epsilon budget.")] = None,
-    secure_agg: Annotated[str | None, typer.Option(help="none, or he (CKKS).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML file with these options.")] = None,
-    run_name: Annotated[str | None, typer.Option(help="Run folder name on the server [default: run-<id>].")] = None,
-    server_out: Annotated[str | None, typer.Option(help="Runs folder on the server [default: the app's `out`].")] = None,
-    he_context: Annotated[str | None, typer.Option(help="server.ctx path on the server (HE).")] = None,
-    input_shape: Annotated[str | None, typer.Option(help="C,H,W for datasets without a fixed shape.")] = None,
-    num_classes: Annotated[int | None, typer.Option(help="Classes, for datasets without a fixed count.")] = None,
-    app_dir: Annotated[Path | None, typer.Option("--app", help="Flower App folder [default: fedsim's deploy/].")] = None,
+    app_dir: Annotated[Path | None, typer.Option("--app", help="Flower App folder \\[default: fedsim's deploy/].")] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the run finishes.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 3600.0,
     runs: Annotated[Path | None, typer.Option(help="The server's runs folder as seen from here (to collect).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run folder --run-name from its last complete round, with its own config (give no run options).")] = False,
     out: Annotated[Path | None, typer.Option(help="With --wait: copy the run folder here and write its report.")] = None,
+    **given: Any,
 ) -> None:
     """Validate the options like `fedsim run`, then start the run on the SuperLink."""
     from fedsim.deploy.control import app_folder, wait_for
@@ -209,12 +195,12 @@ def submit(
         raise DeployError("--out copies the finished run: also give --wait and "
                           "--runs (the server's runs folder as seen from here)")
     app_dir = app_dir or app_folder()
-    given = dict(locals())
-    if resume:
+    if given.get("resume"):
         _check_resume(given, config)
-    items = _overrides(given, config, app_dir) | ({"resume": True} if resume else {})
+    items = _overrides(given, config, app_dir)
     conn = _connection(superlink, ca)
     run_id = submit_run(conn, items, app=app_dir)
+    run_name, server_out = given.get("run_name"), given.get("server_out")
     folder = run_name or f"run-{run_id}"
     console = Console(highlight=False)
     where = f"{server_out}/{folder}" if server_out else f"{folder} in the server's runs"

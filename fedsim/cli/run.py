@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from fedsim.config import resolve_config
+from fedsim.config import resolve_config, run_options
 from fedsim.errors import ConfigError
+from fedsim.options import SIMULATION, with_options
 
 
 def _noise_warning(console: Console, cfg, started) -> None:
@@ -65,54 +66,24 @@ def _describe_privacy(console: Console, cfg, started) -> None:
                       "(federated evaluation only)", highlight=False)
 
 
+@with_options(run_options, SIMULATION)
 def run(
-    clients: Annotated[int | None, typer.Option(help="Number of simulated clients. \\[default: 100]")] = None,
-    rounds: Annotated[int | None, typer.Option(help="Federated rounds. \\[default: 30]")] = None,
-    fraction: Annotated[float | None, typer.Option(help="Fraction of clients sampled per round, in (0, 1]. \\[default: 0.1]")] = None,
-    local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round. \\[default: 5]")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Local batch size. \\[default: 10; 64 with --dp]")] = None,
-    lr: Annotated[float | None, typer.Option(help="Local SGD learning rate. \\[default: 0.2; 0.25 with --dp]")] = None,
-    model: Annotated[str | None, typer.Option(help="Model name (see `fedsim models`). \\[default: cnn]")] = None,
-    dataset: Annotated[str | None, typer.Option(help="Dataset name (see `fedsim datasets`). \\[default: digits; bbc-news with --model text]")] = None,
-    data_dir: Annotated[str | None, typer.Option(help="Folder with the files of a dataset read from local files (not for embedded ones: digits, mnist-5k, bbc-news). \\[default: none]")] = None,
-    partition: Annotated[str | None, typer.Option(help="iid, dirichlet or shards. \\[default: iid]")] = None,
-    alpha: Annotated[float | None, typer.Option(help="Dirichlet concentration (with --partition dirichlet). \\[default: 0.5]")] = None,
-    shards_per_client: Annotated[int | None, typer.Option(help="Label shards per client (with --partition shards). \\[default: 2]")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for partitions, sampling and training. \\[default: 42]")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (auto picks cuda when present). \\[default: auto]")] = None,
-    cpus_per_client: Annotated[float | None, typer.Option(help="Ray CPUs per client. \\[default: 1]")] = None,
-    gpus_per_client: Annotated[float | None, typer.Option(help="Ray (fractional) GPUs per client; 0 with a GPU present means 0.2. \\[default: 0]")] = None,
-    round_timeout: Annotated[float | None, typer.Option(help="Seconds to wait for replies each round. \\[default: 600]")] = None,
-    min_clients: Annotated[int | None, typer.Option(help="End the run when fewer clients than this can train (e.g. budgets exhausted). \\[default: 1]")] = None,
-    max_len: Annotated[int | None, typer.Option(help="Text models: tokens per example (pad/truncate). \\[default: 64]")] = None,
-    dp: Annotated[bool | None, typer.Option("--dp/--no-dp", help="Train every client with Opacus DP-SGD. This is SAMPLE-LEVEL DP per client: it protects each training example of a client against anyone who sees that client's updates or the model; it does not hide whether a client took part (that would be client-level DP). \\[default: --no-dp]")] = None,
-    noise_multiplier: Annotated[float | None, typer.Option(help="DP-SGD noise multiplier (or give --target-epsilon). \\[default: 1.0 with --dp]")] = None,
-    target_epsilon: Annotated[float | None, typer.Option(help="Calibrate the noise per client so that no client ends above this epsilon: for the most rounds one client may train in (--max-participations; default every round). The epsilon budget defaults to it. \\[default: none: --noise-multiplier sets the noise]")] = None,
-    max_participations: Annotated[int | None, typer.Option(help="Cap K on the rounds one client trains in; the server never samples it more often, and --target-epsilon calibrates for K. \\[default: every round]")] = None,
-    max_grad_norm: Annotated[float | None, typer.Option(help="DP-SGD per-sample clipping norm. \\[default: 1.0; 4.0 with --dp]")] = None,
-    delta: Annotated[float | None, typer.Option(help="DP delta. \\[default: min(1e-5, 0.1/n) for a client with n examples, below 1/n]")] = None,
-    accountant: Annotated[str | None, typer.Option(help="Privacy accountant: rdp or prv (gdp is refused: it is approximate and may understate epsilon). \\[default: rdp]")] = None,
-    epsilon_budget: Annotated[float | None, typer.Option(help="Per-client epsilon budget: a client refuses a round that would exceed it, and the server refuses such an update. \\[default: none; with --target-epsilon: the target]")] = None,
-    insecure_reproducible_noise: Annotated[bool | None, typer.Option("--insecure-reproducible-noise", help="INSECURE, research only: derive DP-SGD's noise and Poisson batches from (seed, round, client) so a run repeats exactly. The server knows those numbers and can remove the noise: NO DP AGAINST THE SERVER (or, under HE, against other clients). \\[default: off]")] = None,
-    secure_agg: Annotated[str | None, typer.Option(help="none, or he: clients send CKKS ciphertexts and the server sums what it cannot read. \\[default: none]")] = None,
-    he_params: Annotated[str | None, typer.Option(help="HE parameter set: default or compact. \\[default: default]")] = None,
-    ray_address: Annotated[str | None, typer.Option(help="Run on an existing Ray cluster (HOST:PORT of its head, as `ray start --head` prints) instead of a local Ray. \\[default: $FEDSIM_RAY_ADDRESS when set, else a fresh local Ray]")] = None,
-    out: Annotated[str | None, typer.Option(help="Run folder; one that already holds a run is refused (see --resume, --force). \\[default: runs/<timestamp>]")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the run already in --out (deletes it first). \\[default: off]")] = False,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue this run folder from its last complete round, with its own config.json (no other option but --verbose may be given). \\[default: none]")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML file with any of these options; flags override it. \\[default: none]")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower and Ray logs. \\[default: off]")] = False,
+    **given: Any,
 ) -> None:
-    """Run a FedAvg simulation on Ray, with live progress and a results folder."""
-    options = dict(locals())
+    """Run a federated simulation on Ray, with live progress and a results folder."""
+    options = {**given, "force": force, "resume": resume, "config": config,
+               "verbose": verbose}
     from fedsim.cli.main import COMMAND_STARTED
 
     if resume is not None:
         _refuse_options_with_resume(options)
         _resume(resume, verbose=verbose)
         return
-    overrides = {k: v for k, v in options.items() if k not in _NOT_CONFIG}
-    cfg = resolve_config(config_file=config, overrides=overrides)
+    cfg = resolve_config(config_file=config, overrides=given)
     if force and cfg.out is None:
         raise ConfigError("--force replaces the run in --out: give --out DIR too")
     from fedsim.cli.progress import ProgressListener
@@ -133,9 +104,6 @@ def run(
         outcome = simulate(cfg, listener=progress, verbose=verbose, started=started,
                            started_at=COMMAND_STARTED)
     _finish(console, outcome)
-
-
-_NOT_CONFIG = ("config", "verbose", "resume", "force")  # options that are not RunConfig fields
 
 
 def _refuse_options_with_resume(options: dict) -> None:

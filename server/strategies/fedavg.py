@@ -25,6 +25,7 @@ from fedsim.server.aggregate import FixedPointOverflow
 from fedsim.server.codecs import Codec, PlainCodec, Rejected
 from fedsim.server.federation import Federation
 from fedsim.server.replies import Verdict, check_metrics
+from fedsim.server.strategies.registry import StrategyInfo
 
 log = logging.getLogger("fedsim.server")
 
@@ -364,3 +365,11 @@ class FedsimFedAvg(FedAvg):
         self.stats.fed_accuracy = math.fsum(hits) / total
         return MetricRecord({protocol.EVAL_LOSS: self.stats.fed_loss,
                              protocol.EVAL_ACC: self.stats.fed_accuracy})
+
+
+STRATEGY = StrategyInfo(
+    name="fedavg",
+    help="Federated averaging (McMahan et al. 2017): the example-weighted mean of the "
+         "updates; works under --secure-agg he (it needs only their sum).",
+    build=FedsimFedAvg,
+)

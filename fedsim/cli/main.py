@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import sys
-import time
 
 import click
 import typer
 from rich.console import Console
 
+from fedsim.cli import COMMAND_STARTED  # noqa: F401  (the clock starts at import)
 from fedsim.errors import FedsimError
-
-# A run's wall time counts from here (see simulations.rundir.RunClock): before data
-# preparation, Ray start and the handshake; only the interpreter's start comes before.
-COMMAND_STARTED = time.monotonic()
 
 app = typer.Typer(
     name="fedsim",

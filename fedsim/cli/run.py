@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from fedsim.cli import COMMAND_STARTED
 from fedsim.config import resolve_config, run_options
 from fedsim.errors import ConfigError
 from fedsim.options import SIMULATION, with_options
@@ -77,7 +78,6 @@ def run(
     """Run a federated simulation on Ray, with live progress and a results folder."""
     options = {**given, "force": force, "resume": resume, "config": config,
                "verbose": verbose}
-    from fedsim.cli.main import COMMAND_STARTED
 
     if resume is not None:
         _refuse_options_with_resume(options)
@@ -122,7 +122,6 @@ def _refuse_options_with_resume(options: dict) -> None:
 
 
 def _resume(run_dir: Path, *, verbose: bool) -> None:
-    from fedsim.cli.main import COMMAND_STARTED
     from fedsim.cli.progress import ProgressListener
     from fedsim.simulations.rundir import RunClock, load_checkpoint
     from fedsim.simulations.runner import reopen_run, resume

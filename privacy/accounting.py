@@ -532,3 +532,82 @@ def plan(
         target_epsilon=target_epsilon,
         cap_given=max_participations is not None,
     )
+
+
+class PrivacyAccountant:
+    """One party's accounting state: an append-only (noise, rate, steps) history.
+
+    Epsilon is computed on demand from it (`epsilon`, the math above), so a history
+    restored with `load_state_dict` gives the same answer as the one that was saved.
+    Subclasses name their mechanism; `make_accountant` picks one from the registry.
+    """
+
+    mechanism: Accountant = "rdp"
+
+    def __init__(self) -> None:
+        self._history: list[Step] = []
+
+    @property
+    def history(self) -> tuple[Step, ...]:
+        """Every step taken, in order."""
+        return tuple(self._history)
+
+    def step(self, *, noise_multiplier: float, sample_rate: float, steps: int = 1) -> None:
+        """Record `steps` noisy steps at this noise and sample rate (checked first)."""
+        entry = (noise_multiplier, sample_rate, steps)
+        check_history([entry])
+        self._history.append(entry)
+
+    def epsilon(self, delta: float) -> float:
+        """Epsilon spent so far at `delta` (worst case over the checks of `epsilon`)."""
+        return epsilon(self._history, delta=delta, accountant=self.mechanism)
+
+    def __len__(self) -> int:
+        return len(self._history)
+
+    def state_dict(self) -> dict:
+        """The state as plain JSON-able values."""
+        return {"mechanism": self.mechanism, "history": [list(e) for e in self._history]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a `state_dict`; refused unless it is this mechanism's and valid."""
+        if not isinstance(state, dict) or state.get("mechanism") != self.mechanism:
+            raise ConfigError(f"not a {self.mechanism} accountant's state")
+        history = state.get("history")
+        if not isinstance(history, list) or not all(
+                isinstance(e, list | tuple) and len(e) == 3 for e in history):
+            raise ConfigError("an accountant's history must be a list of "
+                              "[noise, rate, steps] entries")
+        entries = [tuple(e) for e in history]
+        check_history(entries)
+        self._history = entries
+
+
+class RDPAccountant(PrivacyAccountant):
+    """Rényi DP (Mironov 2017; Opacus' RDPAccountant)."""
+
+    mechanism = "rdp"
+
+
+class PRVAccountant(PrivacyAccountant):
+    """Privacy random variables (Gopi et al. 2021; Opacus' PRVAccountant)."""
+
+    mechanism = "prv"
+
+
+class GaussianAccountant(PrivacyAccountant):
+    """Gaussian DP (approximate: may understate epsilon; refused for runs)."""
+
+    mechanism = "gdp"
+
+
+ACCOUNTANT_REGISTRY: dict[str, type[PrivacyAccountant]] = {
+    cls.mechanism: cls for cls in (RDPAccountant, PRVAccountant, GaussianAccountant)}
+
+
+def make_accountant(kind: str) -> PrivacyAccountant:
+    """A fresh accountant of `kind` from the registry (a ConfigError if unknown)."""
+    if kind not in ACCOUNTANT_REGISTRY:
+        raise ConfigError(f"--accountant must be one of {', '.join(ACCOUNTANTS)}, "
+                          f"got {kind!r}")
+    return ACCOUNTANT_REGISTRY[kind]()

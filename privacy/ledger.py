@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.errors import FedsimError
+from fedsim.privacy.files import lock_file
 
 Step = tuple[float, float, int]
 """An accountant history entry, as in `fedsim.privacy.accounting` (which needs
@@ -244,9 +245,8 @@ class PrivacyLedger:
         forever.
         """
         _make_parent(self.path)
-        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = lock_file(Path(f"{self.path}.lock"))
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)  # releases the lock

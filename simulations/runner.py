@@ -16,6 +16,7 @@ from flwr.app import Array, ArrayRecord
 from fedsim.config import RunConfig, config_from_json
 from fedsim.errors import ConfigError
 from fedsim.fedmodels.models import ModelSpec
+from fedsim.privacy.files import atomic_write_json
 from fedsim.server.app import HEPlan, ServerPlan, build_server_app
 from fedsim.server.hooks import Listeners, RoundListener
 from fedsim.simulations.prepare import Prepared, prepare
@@ -23,7 +24,6 @@ from fedsim.simulations.rundir import (
     Checkpoint,
     RunClock,
     RunRecorder,
-    atomic_write_json,
     check_out_dir,
     fresh_run_dir,
     load_checkpoint,

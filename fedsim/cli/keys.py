@@ -161,7 +161,7 @@ def decrypt_model(
     import torch
 
     from fedsim.client.he_step import ENCRYPTED_MODEL, ENCRYPTED_MODEL_INFO, open_final_model
-    from fedsim.simulations.rundir import atomic_write_bytes
+    from fedsim.privacy.files import atomic_write_bytes
 
     missing = [n for n in (ENCRYPTED_MODEL, ENCRYPTED_MODEL_INFO) if not (run_dir / n).is_file()]
     if missing:

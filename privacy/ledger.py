@@ -102,6 +102,23 @@ def _field_problem(name: str, data: dict[str, Any]) -> str | None:
     return None
 
 
+def _whole(value: Any) -> bool:
+    """A float such as 33.0: a whole number in a type the ledger does not write."""
+    return isinstance(value, float) and value.is_integer()
+
+
+def _leniently(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with what a report tolerates made right (see `LedgerRecord.from_dict`)."""
+    fixed = {**data, "released": bool(data.get("released", True))}
+    for name, (kinds, _) in (_FIELD_KINDS | _OPTIONAL_KINDS).items():
+        if int in kinds and float not in kinds and _whole(fixed.get(name)):
+            fixed[name] = int(fixed[name])
+    for name in _OPTIONAL_KINDS:
+        if _field_problem(name, fixed):
+            fixed[name] = None
+    return fixed
+
+
 class ReleaseOutcome:
     """What a ledger line says happened; for any record with outcome, steps, released."""
 
@@ -161,10 +178,18 @@ class LedgerRecord(ReleaseOutcome):
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LedgerRecord:
-        """Inverse of `to_dict`; a missing or mistyped field raises LedgerError."""
+    def from_dict(cls, data: dict[str, Any], *, lenient: bool = False) -> LedgerRecord:
+        """Inverse of `to_dict`; a missing or mistyped field raises LedgerError.
+
+        `lenient` is how a report reads a folder that may be old or edited: a whole
+        float (33.0) stands for an integer, a missing `released` for true, and a
+        mistyped later field (run, release, outcome, ...) for null. The fields every
+        ledger has must still be there, with their types.
+        """
         if not isinstance(data, dict):
             raise LedgerError(f"a record must be a JSON object, got {data!r}")
+        if lenient:
+            data = _leniently(data)
         names = (*_FIELD_KINDS, *_OPTIONAL_KINDS)
         problems = [p for name in names if (p := _field_problem(name, data))]
         if problems:

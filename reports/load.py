@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.errors import FedsimError
-from fedsim.privacy.ledger import ReleaseOutcome
+from fedsim.privacy.ledger import LedgerError, LedgerRecord
 
 LEDGER = Path("privacy") / "ledger.jsonl"
 SITE_LEDGERS = Path("privacy") / "clients"  # simulation: each client's own ledger
@@ -27,26 +27,6 @@ class ReportError(FedsimError):
     """A report cannot be made at all (no run folder, nothing readable, bad flags)."""
 
     exit_code = 2
-
-
-@dataclass(frozen=True, kw_only=True)
-class LedgerRecord(ReleaseOutcome):
-    """One client participation as the DP accountant recorded it."""
-
-    round: int
-    client_id: int
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    delta: float
-    accountant: str
-    epsilon: float
-    budget: float | None
-    released: bool
-    outcome: str | None = None
-    """aggregated, rejected, refused, late, exhausted (server); released (site)."""
-    release: int | None = None
-    site_epsilon: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,33 +123,12 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _whole(value: Any) -> bool:
-    """Tell whether `value` is a whole number (an int, or a float like 33.0)."""
-    return _number(value) and float(value).is_integer()
-
-
 def _ledger_record(row: dict[str, Any]) -> LedgerRecord | None:
-    """Type one ledger row; None when a field is missing or of the wrong type."""
-    ints = ("round", "client_id", "steps")
-    floats = ("noise_multiplier", "sample_rate", "delta", "epsilon")
-    if not all(_whole(row.get(k)) for k in ints):
+    """Type one ledger row leniently; None when a field is missing or of the wrong type."""
+    try:
+        return LedgerRecord.from_dict(row, lenient=True)
+    except LedgerError:
         return None
-    if not all(_number(row.get(k)) for k in floats):
-        return None
-    budget = row.get("budget")
-    if not (budget is None or _number(budget)):
-        return None
-    if not isinstance(row.get("accountant"), str):
-        return None
-    outcome, release, site = row.get("outcome"), row.get("release"), row.get("site_epsilon")
-    return LedgerRecord(
-        **{k: int(row[k]) for k in ints},
-        **{k: row[k] for k in (*floats, "accountant")},
-        budget=budget, released=bool(row.get("released", True)),
-        outcome=outcome if isinstance(outcome, str) else None,
-        release=int(release) if _whole(release) else None,
-        site_epsilon=float(site) if _number(site) else None,
-    )
 
 
 def _ledger(run_dir: Path, warnings: list[str]) -> tuple[list[LedgerRecord], bool]:

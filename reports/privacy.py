@@ -12,7 +12,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from fedsim.reports.load import LEDGER, SITE_LEDGERS, LedgerRecord, RunData
+from fedsim.privacy.ledger import LedgerRecord
+from fedsim.reports.load import LEDGER, SITE_LEDGERS, RunData
 
 SCHEMA_VERSION = 1
 ACCOUNTANT_NAMES = {

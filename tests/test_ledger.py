@@ -43,6 +43,24 @@ def test_later_fields_round_trip_and_older_ledgers_still_read():
         LedgerRecord.from_dict({**new.to_dict(), "release": "x"})
 
 
+def test_a_lenient_read_takes_what_a_report_tolerates_and_no_more():
+    # Prepare
+    data = {**record().to_dict(), "round": 3.0, "release": 7.0, "outcome": 5,
+            "reason": ["x"]}
+    del data["released"]
+
+    # Execute
+    read = LedgerRecord.from_dict(data, lenient=True)
+
+    # Assert
+    assert (read.round, read.release, read.outcome, read.reason) == (3, 7, None, None)
+    assert read.released is True
+    with pytest.raises(LedgerError):
+        LedgerRecord.from_dict(data)
+    with pytest.raises(LedgerError, match="'steps' must be an integer"):
+        LedgerRecord.from_dict({**data, "steps": 1.5}, lenient=True)
+
+
 def test_record_from_dict_names_every_bad_field():
     data = record().to_dict()
     del data["steps"]

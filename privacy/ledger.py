@@ -39,24 +39,19 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.errors import FedsimError
+from fedsim.privacy.accounting import Step
 from fedsim.privacy.files import lock_file
 
-Step = tuple[float, float, int]
-"""An accountant history entry, as in `fedsim.privacy.accounting` (which needs
-torch and Opacus; the ledger stays importable without them)."""
-
-LEDGER_NAME = "ledger.jsonl"
+RUN_LEDGER = Path("privacy") / "ledger.jsonl"
+"""Where in a run folder the server keeps its ledger."""
+SITE_LEDGERS = Path("privacy") / "clients"
+"""Simulation: where in a run folder each client keeps its own (client-<id>.jsonl)."""
 
 
 class LedgerError(FedsimError):
     """The privacy ledger is damaged and cannot be trusted."""
 
     exit_code = 2
-
-
-def ledger_path(run_dir: str | Path) -> Path:
-    """Where a run folder keeps its privacy ledger."""
-    return Path(run_dir) / "privacy" / LEDGER_NAME
 
 
 _NUMBER = (int, float)
@@ -321,11 +316,3 @@ class PrivacyLedger:
     def history(self, client_id: int) -> list[Step]:
         """Return the client's accountant history: one entry per release it made."""
         return [r.step for r in self.records() if r.client_id == client_id and r.spends]
-
-    def latest_epsilon(self) -> dict[int, float]:
-        """Each client's cumulative epsilon after its latest participation."""
-        return {r.client_id: r.epsilon for r in self.records()}
-
-    def last_round(self) -> int:
-        """Return the highest round recorded (0 for an empty ledger)."""
-        return max((r.round for r in self.records()), default=0)

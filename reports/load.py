@@ -15,10 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.errors import FedsimError
-from fedsim.privacy.ledger import LedgerError, LedgerRecord
+from fedsim.privacy.ledger import RUN_LEDGER, SITE_LEDGERS, LedgerError, LedgerRecord
 
-LEDGER = Path("privacy") / "ledger.jsonl"
-SITE_LEDGERS = Path("privacy") / "clients"  # simulation: each client's own ledger
 HE_CONTEXT = Path("he") / "server.ctx"
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "partitions.json")
 
@@ -133,7 +131,7 @@ def _ledger_record(row: dict[str, Any]) -> LedgerRecord | None:
 
 def _ledger(run_dir: Path, warnings: list[str]) -> tuple[list[LedgerRecord], bool]:
     """Read the DP ledger's valid records (file order); say if the file exists."""
-    path = run_dir / LEDGER
+    path = run_dir / RUN_LEDGER
     if not path.is_file():
         return [], False
     rows = _jsonl_rows(path, warnings) or []
@@ -213,9 +211,9 @@ def _check_run_dir(run_dir: Path) -> None:
     """Refuse a path that is not a run folder at all."""
     if not run_dir.is_dir():
         raise ReportError(f"run folder {run_dir} does not exist")
-    if not any((run_dir / name).is_file() for name in (*RUN_FILES, str(LEDGER))):
+    if not any((run_dir / name).is_file() for name in (*RUN_FILES, str(RUN_LEDGER))):
         raise ReportError(f"{run_dir} is not a fedsim run folder (none of "
-                          f"{', '.join(RUN_FILES)} or {LEDGER} is there)")
+                          f"{', '.join(RUN_FILES)} or {RUN_LEDGER} is there)")
 
 
 def _unfinished_warning(run: dict[str, Any], rounds: int, records: int) -> str | None:
@@ -247,7 +245,7 @@ def load_run(run_dir: Path) -> RunData:
     federation = _read_json(run_dir / "federation.json", []) or {}
     sites = _site_ledgers(run_dir, federation.get("run_id"), warnings)
     if config.get("dp") and not has_ledger:
-        warnings.append(f"{LEDGER} is missing in {run_dir} although DP was on: "
+        warnings.append(f"{RUN_LEDGER} is missing in {run_dir} although DP was on: "
                         "no per-client epsilon")
     unfinished = _unfinished_warning(parts, len(metrics), len(ledger))
     if unfinished:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedsim.client.dp import PrivateTraining, _dataset
+from fedsim.client.dp import DPSGD, PrivateTraining, _dataset
 from fedsim.client.dp_random import DPRandomness
 from fedsim.fedmodels.models import FedAvgCNN, count_parameters
 
@@ -71,9 +71,9 @@ def private_step(
 ) -> tuple[Callable, PrivateTraining]:
     model = FedAvgCNN(shape, 10).train()
     data = _dataset(np.repeat(xb.numpy(), 4, axis=0), np.repeat(yb.numpy(), 4))
+    sgd = DPSGD(batch_size=len(yb), lr=0.05, noise_multiplier=1.0, max_grad_norm=1.0)
     private = PrivateTraining(
-        model, data, batch_size=len(yb), lr=0.05, noise_multiplier=1.0,
-        max_grad_norm=1.0, device=torch.device("cpu"), randomness=DPRandomness.secret_source(),
+        model, data, sgd, device=torch.device("cpu"), randomness=DPRandomness.secret_source(),
         grad_sample_mode=mode,  # type: ignore[arg-type]
     )
     return (lambda: private.step(xb, yb)), private

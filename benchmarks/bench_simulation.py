@@ -33,15 +33,22 @@ from fedsim.simulations.runner import backend_config, quiet_logs, simulate, star
 stock_client = ClientApp()
 
 
-@stock_client.train()
-def stock_train(msg: Message, context: Context) -> Message:
+def _stock_start(msg: Message, context: Context, split: str):
+    """The run's spec, the received global model, this client's id and its split."""
     torch.set_num_threads(1)
     cfg = msg.content["config"]
     spec = json.loads(str(cfg["spec"]))
     model = build_model(ModelSpec.from_dict(spec["model"]))
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     cid = int(context.node_config["partition-id"])
-    x, y = open_store(str(cfg["data"])).client_data(cid, "train")
+    x, y = open_store(str(cfg["data"])).client_data(cid, split)
+    return spec, model, cid, x, y
+
+
+@stock_client.train()
+def stock_train(msg: Message, context: Context) -> Message:
+    spec, model, cid, x, y = _stock_start(msg, context, "train")
+    cfg = msg.content["config"]
     res = train_epochs(model, x, y, epochs=spec["local_epochs"], batch_size=spec["batch_size"],
                        lr=spec["lr"], device=torch.device("cpu"),
                        generator=seeded_generator(spec["seed"], int(cfg["server-round"]), cid))
@@ -52,13 +59,7 @@ def stock_train(msg: Message, context: Context) -> Message:
 
 @stock_client.evaluate()
 def stock_eval(msg: Message, context: Context) -> Message:
-    torch.set_num_threads(1)
-    cfg = msg.content["config"]
-    spec = json.loads(str(cfg["spec"]))
-    model = build_model(ModelSpec.from_dict(spec["model"]))
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    cid = int(context.node_config["partition-id"])
-    x, y = open_store(str(cfg["data"])).client_data(cid, "val")
+    _, model, _, x, y = _stock_start(msg, context, "val")
     loss, acc = evaluate(model, x, y, device=torch.device("cpu"))
     metrics = MetricRecord({"num-examples": len(y), "loss": loss, "acc": acc})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)

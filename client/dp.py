@@ -24,7 +24,7 @@ import copy
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -117,21 +117,28 @@ def validate_model(model: nn.Module) -> None:
     raise ConfigError(problems)
 
 
-def _check_args(
-    n: int, *, epochs: int, batch_size: int, lr: float, noise_multiplier: float,
-    max_grad_norm: float, grad_sample_mode: str,
-) -> list[str]:
+@dataclass(frozen=True, kw_only=True)
+class DPSGD:
+    """The DP-SGD hyperparameters of one private pass."""
+
+    batch_size: int
+    lr: float
+    noise_multiplier: float
+    max_grad_norm: float
+
+
+def _check_args(n: int, *, epochs: int, sgd: DPSGD, grad_sample_mode: str) -> list[str]:
     problems = [] if n > 0 else ["the client has no training examples to train on"]
     problems += [
         f"{flag} must be > 0, got {value}"
         for flag, value in (
-            ("--local-epochs", epochs), ("--batch-size", batch_size), ("--lr", lr),
-            ("--max-grad-norm", max_grad_norm),
+            ("--local-epochs", epochs), ("--batch-size", sgd.batch_size), ("--lr", sgd.lr),
+            ("--max-grad-norm", sgd.max_grad_norm),
         )
         if not value > 0
     ]
-    if not noise_multiplier >= 0:
-        problems.append(f"--noise-multiplier must be >= 0, got {noise_multiplier}")
+    if not sgd.noise_multiplier >= 0:
+        problems.append(f"--noise-multiplier must be >= 0, got {sgd.noise_multiplier}")
     if grad_sample_mode not in GRAD_SAMPLE_MODES:
         problems.append(
             f"grad_sample_mode must be one of {', '.join(GRAD_SAMPLE_MODES)}, "
@@ -200,19 +207,9 @@ class PrivateTraining:
     state_dict keys and can be made private again next round.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        dataset: TensorDataset,
-        *,
-        batch_size: int,
-        lr: float,
-        noise_multiplier: float,
-        max_grad_norm: float,
-        device: torch.device,
-        randomness: DPRandomness,
-        grad_sample_mode: GradSampleMode = "ghost",
-    ) -> None:
+    def __init__(self, model: nn.Module, dataset: TensorDataset, sgd: DPSGD, *,
+                 device: torch.device, randomness: DPRandomness,
+                 grad_sample_mode: GradSampleMode = "ghost") -> None:
         self.model = model
         self.device = device
         self.grad_sample_mode = grad_sample_mode
@@ -222,11 +219,11 @@ class PrivateTraining:
             self.engine = PrivacyEngine(accountant="rdp")
         parts = self.engine.make_private(
             module=model,
-            optimizer=torch.optim.SGD(model.parameters(), lr=lr),
+            optimizer=torch.optim.SGD(model.parameters(), lr=sgd.lr),
             criterion=criterion,
-            data_loader=DataLoader(dataset, batch_size=batch_size),
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=max_grad_norm,
+            data_loader=DataLoader(dataset, batch_size=sgd.batch_size),
+            noise_multiplier=sgd.noise_multiplier,
+            max_grad_norm=sgd.max_grad_norm,
             poisson_sampling=True,
             grad_sample_mode=grad_sample_mode,
         )
@@ -337,14 +334,11 @@ def _run(private: PrivateTraining, epochs: int, n: int) -> DPTrainResult:
     )
 
 
-def _train(
-    model: nn.Module,
-    dataset: TensorDataset,
-    epochs: int,
-    mode: GradSampleMode,
-    settings: dict[str, Any],
-) -> DPTrainResult:
-    with PrivateTraining(model, dataset, grad_sample_mode=mode, **settings) as private:
+def _train(model: nn.Module, dataset: TensorDataset, epochs: int, sgd: DPSGD, *,
+           mode: GradSampleMode, device: torch.device,
+           randomness: DPRandomness) -> DPTrainResult:
+    with PrivateTraining(model, dataset, sgd, device=device, randomness=randomness,
+                         grad_sample_mode=mode) as private:
         return _run(private, epochs, len(dataset))
 
 
@@ -368,29 +362,25 @@ def train_dp(
     `noise_multiplier` 0 clips without noise (no privacy; for tests). Raises a
     ConfigError for bad arguments or a model Opacus cannot train privately.
     """
-    problems = _check_args(
-        len(y), epochs=epochs, batch_size=batch_size, lr=lr,
-        noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-        grad_sample_mode=grad_sample_mode,
-    )
+    sgd = DPSGD(batch_size=batch_size, lr=lr, noise_multiplier=noise_multiplier,
+                max_grad_norm=max_grad_norm)
+    problems = _check_args(len(y), epochs=epochs, sgd=sgd, grad_sample_mode=grad_sample_mode)
     if problems:
         raise ConfigError(problems)
     model.to(device).train()
     validate_model(model)
     dataset = _dataset(x, y)
-    settings = dict(
-        batch_size=batch_size, lr=lr, noise_multiplier=noise_multiplier,
-        max_grad_norm=max_grad_norm, device=device, randomness=randomness,
-    )
     if grad_sample_mode != "ghost":
-        return _train(model, dataset, epochs, grad_sample_mode, settings)
+        return _train(model, dataset, epochs, sgd, mode=grad_sample_mode, device=device,
+                      randomness=randomness)
     weights = copy.deepcopy(model.state_dict())
     try:
-        return _train(model, dataset, epochs, "ghost", settings)
+        return _train(model, dataset, epochs, sgd, mode="ghost", device=device,
+                      randomness=randomness)
     except NotImplementedError as err:  # e.g. a layer used twice per forward pass
         # Nothing of the failed pass left this function: redo it from the start,
         # with the same stream when reproducible and fresh secret noise otherwise.
         log.info("ghost clipping cannot train this model (%s); using hooks", err)
         model.load_state_dict(weights)
-        settings["randomness"] = randomness.restarted()
-        return _train(model, dataset, epochs, "hooks", settings)
+        return _train(model, dataset, epochs, sgd, mode="hooks", device=device,
+                      randomness=randomness.restarted())

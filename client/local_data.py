@@ -33,6 +33,12 @@ from flwr.app import Context, Message
 from fedsim import protocol
 from fedsim.errors import DatasetError
 from fedsim.fedmodels.datasets import DatasetInfo, dataset_info
+from fedsim.fedmodels.loaders import (
+    class_image_files,
+    find_idx_file,
+    read_idx_pair,
+    read_image_files,
+)
 from fedsim.fedmodels.partition import split_train_val
 from fedsim.fedmodels.store import open_store
 
@@ -42,7 +48,6 @@ LAYOUTS = {
     "text": "data.csv (or train.csv) with columns text,label",
 }
 IDX_PAIR = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 TEXT_FILES = ("data.csv", "train.csv")
 RESERVED_IDS = 2  # 0 padding, 1 unknown (fedsim.fedmodels.text)
 
@@ -165,7 +170,7 @@ def read_images(folder: Path, info: DatasetInfo, spec: SiteSpec
     """The first image layout found: data.npz, IDX files, or class subfolders."""
     if (folder / "data.npz").is_file():
         return _read_npz(folder / "data.npz")
-    if _idx_file(folder, IDX_PAIR[0]) and _idx_file(folder, IDX_PAIR[1]):
+    if find_idx_file(folder, IDX_PAIR[0]) and find_idx_file(folder, IDX_PAIR[1]):
         return _read_idx(folder)
     classes = folder / "train" if (folder / "train").is_dir() else folder
     if any(d.is_dir() for d in classes.iterdir()):
@@ -195,20 +200,9 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return _scaled(x), y.astype(np.int64)
 
 
-def _idx_file(folder: Path, stem: str) -> Path | None:
-    candidates = (folder / stem, folder / f"{stem}.gz")
-    return next((p for p in candidates if p.is_file()), None)
-
-
 def _read_idx(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    from fedsim.fedmodels.loaders import read_idx
-
-    x = read_idx(_idx_file(folder, IDX_PAIR[0]))  # type: ignore[arg-type]
-    y = read_idx(_idx_file(folder, IDX_PAIR[1]))  # type: ignore[arg-type]
-    if x.ndim != 3 or y.ndim != 1:
-        raise DatasetError(f"IDX files in '{folder}' hold shapes {x.shape} and "
-                           f"{y.shape}; expected images (N,H,W) and labels (N)")
-    return _scaled(x), y.astype(np.int64)
+    x, y = read_idx_pair(folder, *IDX_PAIR)
+    return _scaled(x), y
 
 
 def label_index(name: str, info: DatasetInfo, spec: SiteSpec, where: Path) -> int:
@@ -224,28 +218,14 @@ def label_index(name: str, info: DatasetInfo, spec: SiteSpec, where: Path) -> in
 
 def _read_class_folders(root: Path, info: DatasetInfo, spec: SiteSpec
                         ) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        from PIL import Image as image_mod
-    except ImportError as err:
-        raise DatasetError("reading image folders needs Pillow; pip install "
-                           "pillow") from err
-    grey = spec.input_shape[0] == 1
-    arrays, labels = [], []
-    for class_dir in sorted(d for d in root.iterdir() if d.is_dir()):
-        label = label_index(class_dir.name, info, spec, class_dir)
-        for path in sorted(class_dir.iterdir()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            with image_mod.open(path) as img:
-                arrays.append(np.asarray(img.convert("L" if grey else "RGB"), np.uint8))
-            labels.append(label)
-    shapes = {a.shape for a in arrays}
-    if not arrays or len(shapes) > 1:
-        what = "no .png/.jpg images" if not arrays else f"images of sizes {shapes}"
-        raise DatasetError(f"'{root}' holds {what}; put images of one size in "
-                           "<class>/ subfolders")
-    stacked = np.stack(arrays)
-    pixels = stacked if grey else stacked.transpose(0, 3, 1, 2)
+    files = class_image_files(root)
+    label = {name: label_index(name, info, spec, root / name) for name in files}
+    paths = [path for name in files for path in files[name]]
+    if not paths:
+        raise DatasetError(f"'{root}' holds no .png/.jpg images; put images of one "
+                           "size in <class>/ subfolders")
+    labels = [label[name] for name in files for _ in files[name]]
+    pixels = read_image_files(paths, grey=spec.input_shape[0] == 1)
     return _scaled(pixels), np.asarray(labels, dtype=np.int64)
 
 

@@ -317,36 +317,3 @@ def make_site_guard(data_size: Callable[[Message, Context], int]):
         return _error_reply(msg, POLICY_REFUSED, reason)
 
     return site_guard
-
-
-# ---------------------------------------------------------------- simulations
-
-
-def site_config_mod(sites: Mapping[int, Mapping[str, str]]):
-    """A mod giving simulated clients their own node config entries (e.g. `policy`).
-
-    Flower's simulation engine gives every virtual SuperNode the same node config
-    (its partition id only); this adds `sites[partition id]` before the guard runs,
-    as a real SuperNode's `--node-config` would.
-    """
-
-    def add_site_config(msg: Message, context: Context, call_next) -> Message:
-        extra = sites.get(int(context.node_config["partition-id"]), {})
-        context.node_config.update(extra)
-        return call_next(msg, context)
-
-    return add_site_config
-
-
-def client_app_with_sites(sites: Mapping[int, Mapping[str, str]]):
-    """Fedsim's ClientApp for a simulation whose clients have site node configs."""
-    from flwr.clientapp import ClientApp
-
-    from fedsim.client import app as real
-    from fedsim.client.local_data import train_size
-
-    app = ClientApp(mods=[site_config_mod(sites), make_site_guard(train_size)])
-    app.query()(real.hello)
-    app.train()(real.train)
-    app.evaluate()(real.evaluate_local)
-    return app

@@ -20,6 +20,7 @@ from fedsim.client.app import app as client_app
 from fedsim.deploy.runconfig import DeployPlan, deploy_plan, model_spec
 from fedsim.deploy.rundir import Continuation, DeployRecorder
 from fedsim.errors import ConfigError
+from fedsim.privacy.ledger import RUN_LEDGER
 from fedsim.protocol import flower_run_key
 from fedsim.server.app import HEPlan, ServerPlan, run_server
 
@@ -57,7 +58,7 @@ def server_plan(plan: DeployPlan, run_dir: Path,
     checkpoint = continuation.checkpoint if continuation else None
     return ServerPlan(
         config=cfg, model=model_spec(plan), data_dir=None,
-        ledger_path=str(run_dir / "privacy" / "ledger.jsonl") if cfg.dp else None,
+        ledger_path=str(run_dir / RUN_LEDGER) if cfg.dp else None,
         run_id=(continuation.run_id if continuation
                 else flower_run_key(plan.flower_run_id)),
         he=he_plan(plan), central_eval=False,

@@ -8,7 +8,6 @@ process.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 SUPERLINK_PORT = 9093  # the gateway's fleet door: the sites' Fleet API (published)
@@ -31,7 +30,10 @@ class SuperLinkSetup:
 
 @dataclass(frozen=True, kw_only=True)
 class GatewaySetup:
-    """fedsim's gateway in front of the SuperLink: its doors and TLS files."""
+    """fedsim's gateway in front of the SuperLink: its doors and TLS files.
+
+    `fedsim.deploy.gateway` parses the argv `gateway_argv` makes back into one.
+    """
 
     ca: str
     cert: str
@@ -39,6 +41,7 @@ class GatewaySetup:
     upstream: str = f"127.0.0.1:{UPSTREAM_PORT}"
     fleet: str = f"0.0.0.0:{SUPERLINK_PORT}"
     control: str = f"0.0.0.0:{CONTROL_PORT}"
+    control_allow: tuple[str, ...] = ()  # networks besides loopback for the control door
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,7 +94,9 @@ def gateway_argv(setup: GatewaySetup, superlink: list[str], *,
     return [python, "-m", "fedsim.deploy.gateway",
             "--ca", setup.ca, "--cert", setup.cert, "--key", setup.key,
             "--upstream", setup.upstream, "--fleet", setup.fleet,
-            "--control", setup.control, "--", *superlink]
+            "--control", setup.control,
+            *(arg for net in setup.control_allow for arg in ("--control-allow", net)),
+            "--", *superlink]
 
 
 def node_config(setup: SiteSetup) -> str:
@@ -140,11 +145,6 @@ def superlink_health_url(host: str = "127.0.0.1", port: int = SUPERLINK_PORT) ->
 def supernode_health_url(port: int = SUPERNODE_RUNTIME_PORT) -> str:
     """A SuperNode's Runtime API health endpoint (plain HTTP on its loopback)."""
     return f"http://127.0.0.1:{port}/health"
-
-
-def this_python() -> str:
-    """The interpreter running now (tests run the commands with it)."""
-    return sys.executable
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -40,6 +40,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedsim.deploy.commands import GatewaySetup
+
 log = logging.getLogger("fedsim.gateway")
 
 FLEET_PREFIX = "/v1/fleet/"
@@ -48,9 +50,6 @@ HEALTH_PATH = "/health"
 # Self-registration: refused by Flower too while --enable-supernode-auth is on; the
 # gateway refuses it whatever the SuperLink's flags.
 SELF_REGISTER_PATH = "/v1/fleet/register-node"
-FLEET_PORT = 9093
-CONTROL_PORT = 9095
-UPSTREAM_PORT = 9091
 GRACEFUL_SHUTDOWN_S = 3  # open connections get this long after a stop signal (docker stop: 10 s)
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate",
                         "proxy-authorization", "te", "trailer", "transfer-encoding",
@@ -208,19 +207,6 @@ class GatewayApp:
             await send({"type": "http.response.body", "body": b""})
         finally:
             await reply.aclose()
-
-
-@dataclass(frozen=True, kw_only=True)
-class GatewaySetup:
-    """Where the gateway listens, its TLS files, and where the SuperLink is."""
-
-    cert: str
-    key: str
-    ca: str
-    upstream: str = f"127.0.0.1:{UPSTREAM_PORT}"
-    fleet: str = f"0.0.0.0:{FLEET_PORT}"
-    control: str = f"0.0.0.0:{CONTROL_PORT}"
-    control_allow: tuple[str, ...] = ()
 
 
 def split_address(address: str) -> tuple[str, int]:

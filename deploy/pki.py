@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import re
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedsim.errors import FedsimError
+from fedsim.privacy.files import atomic_write_bytes
 
 TLS_CURVE = ec.SECP256R1()
 NODE_CURVE = ec.SECP384R1()  # the curve Flower's docs use for SuperNode keys
@@ -126,28 +125,12 @@ def write_private(path: Path, data: bytes) -> None:
     """Write a secret atomically, mode 0600 (a new folder 0700), whatever the umask."""
     if not path.parent.exists():
         path.parent.mkdir(parents=True, mode=0o700)
-    _write(path, data, mode=0o600)
+    atomic_write_bytes(path, data, mode=0o600)
 
 
 def write_public(path: Path, data: bytes) -> None:
     """Write a public file atomically with mode 0644."""
-    _write(path, data, mode=0o644)
-
-
-def _write(path: Path, data: bytes, *, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data, mode=0o644)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:

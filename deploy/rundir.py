@@ -16,7 +16,6 @@ it as one run (`fedsim.client.dp_step.run_keys`).
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import logging
 import math
@@ -29,13 +28,13 @@ from fedsim.config import config_from_json
 from fedsim.deploy.runconfig import DeployPlan, model_spec
 from fedsim.errors import ConfigError
 from fedsim.fedmodels.models import build_model, count_parameters
+from fedsim.privacy.files import LockHeld, atomic_write_json, lock_file
 from fedsim.protocol import flower_run_key, is_flower_run_key
 from fedsim.server.app import ServerPlan
 from fedsim.simulations.rundir import (
     Checkpoint,
     RunClock,
     RunRecorder,
-    atomic_write_json,
     load_checkpoint,
 )
 
@@ -165,21 +164,15 @@ class RunFolderLock:
     @classmethod
     def take(cls, run_dir: Path, flower_run: int) -> RunFolderLock:
         """Take the lock or refuse in one line, naming the Flower run that holds it."""
-        path = run_dir / LOCK_FILE
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = lock_file(run_dir / LOCK_FILE, wait=False, holder=str(flower_run))
+        except LockHeld as err:
+            raise ConfigError(f"run folder '{run_dir}' is in use by Flower run "
+                              f"{err.holder or 'another'}; wait for it to end (or stop "
+                              "it) before resuming") from err
         except OSError as err:
             raise ConfigError(f"cannot lock the run folder '{run_dir}': "
                               f"{err.strerror}") from err
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another"
-            os.close(fd)
-            raise ConfigError(f"run folder '{run_dir}' is in use by Flower run {holder}; "
-                              "wait for it to end (or stop it) before resuming") from err
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(flower_run).encode(), 0)
         return cls(fd)
 
     def release(self) -> None:

@@ -112,16 +112,18 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def _find_file(folder: Path, stem: str) -> Path | None:
+def find_idx_file(folder: Path, stem: str) -> Path | None:
+    """`folder/stem`, else `folder/stem.gz`, else None."""
     for candidate in (folder / stem, folder / f"{stem}.gz"):
         if candidate.is_file():
             return candidate
     return None
 
 
-def _idx_pair(folder: Path, images: str, labels: str) -> tuple[np.ndarray, np.ndarray]:
-    x = read_idx(_find_file(folder, images))  # type: ignore[arg-type]
-    y = read_idx(_find_file(folder, labels)).astype(np.int64)  # type: ignore[arg-type]
+def read_idx_pair(folder: Path, images: str, labels: str) -> tuple[np.ndarray, np.ndarray]:
+    """IDX images and their labels in `folder`: uint8 (N, 1, H, W) and int64 (N)."""
+    x = read_idx(find_idx_file(folder, images))  # type: ignore[arg-type]
+    y = read_idx(find_idx_file(folder, labels)).astype(np.int64)  # type: ignore[arg-type]
     if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
         raise DatasetError(
             f"IDX files '{images}' and '{labels}' in '{folder}' do not match "
@@ -136,12 +138,12 @@ def read_idx_folder(
     """MNIST-style IDX files (gzipped or not) in `folder` or a raw/ subfolder."""
     layout = ", ".join(f"{stem}[.gz]" for stem in IDX_FILES)
     for where in (folder, folder / "raw"):
-        if all(_find_file(where, stem) for stem in IDX_FILES):
-            x_tr, y_tr = _idx_pair(where, IDX_FILES[0], IDX_FILES[1])
-            x_te, y_te = _idx_pair(where, IDX_FILES[2], IDX_FILES[3])
+        if all(find_idx_file(where, stem) for stem in IDX_FILES):
+            x_tr, y_tr = read_idx_pair(where, IDX_FILES[0], IDX_FILES[1])
+            x_te, y_te = read_idx_pair(where, IDX_FILES[2], IDX_FILES[3])
             return ImageSplits(x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te,
                                class_names=tuple(class_names))
-    missing = [s for s in IDX_FILES if _find_file(folder, s) is None]
+    missing = [s for s in IDX_FILES if find_idx_file(folder, s) is None]
     raise DatasetError(
         f"dataset '{name}': '{folder}' lacks {', '.join(missing)} (gzipped or not); "
         f"put {layout} in '{folder}' and pass --data-dir {folder}"
@@ -229,20 +231,20 @@ def _pillow():
     try:
         from PIL import Image
     except ImportError as err:
-        raise DatasetError(
-            "dataset 'imagefolder' needs Pillow to read images; pip install pillow"
-        ) from err
+        raise DatasetError("reading image files needs Pillow; pip install pillow") from err
     return Image
 
 
-def _class_files(split_dir: Path) -> dict[str, list[Path]]:
+def class_image_files(split_dir: Path) -> dict[str, list[Path]]:
+    """Each subfolder's name and its .png/.jpg files, both sorted."""
     return {
         d.name: sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         for d in sorted(split_dir.iterdir()) if d.is_dir()
     }
 
 
-def _read_images(paths: list[Path], grey: bool) -> np.ndarray:
+def read_image_files(paths: list[Path], grey: bool) -> np.ndarray:
+    """Images of one size as uint8 (N, C, H, W): C is 1 when `grey`, else 3 (RGB)."""
     image_mod = _pillow()
     arrays, first = [], None
     for path in paths:
@@ -252,7 +254,7 @@ def _read_images(paths: list[Path], grey: bool) -> np.ndarray:
             first = (path, pixels.shape)
         elif pixels.shape != first[1]:
             raise DatasetError(
-                f"imagefolder images must all have one size: '{first[0]}' is "
+                f"images must all have one size: '{first[0]}' is "
                 f"{first[1][1]}x{first[1][0]}, '{path}' is {pixels.shape[1]}x"
                 f"{pixels.shape[0]}; resize them to one size first"
             )
@@ -273,7 +275,7 @@ def _all_grey(paths: list[Path]) -> bool:
 def _image_split(files: dict[str, list[Path]], classes: list[str], grey: bool):
     paths = [p for c in files for p in files[c]]
     labels = [classes.index(c) for c in files for _ in files[c]]
-    return _read_images(paths, grey), np.asarray(labels, dtype=np.int64)
+    return read_image_files(paths, grey), np.asarray(labels, dtype=np.int64)
 
 
 def read_image_folder(folder: Path, *, name: str, layout: str) -> ImageSplits:
@@ -284,7 +286,7 @@ def read_image_folder(folder: Path, *, name: str, layout: str) -> ImageSplits:
             f"dataset '{name}': '{folder}' needs train/ and test/ subfolders; "
             f"lay it out as {layout} and pass --data-dir {folder}"
         )
-    train, test = _class_files(splits["train"]), _class_files(splits["test"])
+    train, test = class_image_files(splits["train"]), class_image_files(splits["test"])
     classes = sorted(c for c, files in train.items() if files)
     extra = sorted(set(c for c, f in test.items() if f) - set(classes))
     if not classes or extra:

@@ -26,7 +26,6 @@ import errno
 import getpass
 import json
 import os
-import secrets
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from fedsim.errors import ConfigError
+from fedsim.privacy.files import atomic_write_bytes
 from fedsim.privacy.he import (
     ContextError,
     HEError,
@@ -199,22 +199,6 @@ def _read(path: Path, kind: str) -> KeyFile:
     return parsed
 
 
-def _write(path: Path, data: bytes, *, mode: int) -> None:
-    """Write atomically (temp file, then rename) with the given permissions."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 # --- provisioning ---------------------------------------------------------------
 
 
@@ -254,9 +238,9 @@ def provision(
         "fingerprint": fp,
     }
     sealed = _seal(secret_context_bytes(ctx), common, passphrase, kdf)
-    _write(client_path, sealed, mode=0o600)
+    atomic_write_bytes(client_path, sealed, mode=0o600)
     server_header = common | {"kind": SERVER_KIND, "secret_key": False}
-    _write(server_path, pack(server_header, public), mode=0o644)
+    atomic_write_bytes(server_path, pack(server_header, public), mode=0o644)
     return ProvisionedKeys(
         client_key_path=client_path,
         server_context_path=server_path,

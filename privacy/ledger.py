@@ -39,23 +39,19 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.errors import FedsimError
+from fedsim.privacy.accounting import Step
+from fedsim.privacy.files import lock_file
 
-Step = tuple[float, float, int]
-"""An accountant history entry, as in `fedsim.privacy.accounting` (which needs
-torch and Opacus; the ledger stays importable without them)."""
-
-LEDGER_NAME = "ledger.jsonl"
+RUN_LEDGER = Path("privacy") / "ledger.jsonl"
+"""Where in a run folder the server keeps its ledger."""
+SITE_LEDGERS = Path("privacy") / "clients"
+"""Simulation: where in a run folder each client keeps its own (client-<id>.jsonl)."""
 
 
 class LedgerError(FedsimError):
     """The privacy ledger is damaged and cannot be trusted."""
 
     exit_code = 2
-
-
-def ledger_path(run_dir: str | Path) -> Path:
-    """Where a run folder keeps its privacy ledger."""
-    return Path(run_dir) / "privacy" / LEDGER_NAME
 
 
 _NUMBER = (int, float)
@@ -99,6 +95,23 @@ def _field_problem(name: str, data: dict[str, Any]) -> str | None:
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         return f"field '{name}' must be {expected}, got {value!r}"
     return None
+
+
+def _whole(value: Any) -> bool:
+    """A float such as 33.0: a whole number in a type the ledger does not write."""
+    return isinstance(value, float) and value.is_integer()
+
+
+def _leniently(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with what a report tolerates made right (see `LedgerRecord.from_dict`)."""
+    fixed = {**data, "released": bool(data.get("released", True))}
+    for name, (kinds, _) in (_FIELD_KINDS | _OPTIONAL_KINDS).items():
+        if int in kinds and float not in kinds and _whole(fixed.get(name)):
+            fixed[name] = int(fixed[name])
+    for name in _OPTIONAL_KINDS:
+        if _field_problem(name, fixed):
+            fixed[name] = None
+    return fixed
 
 
 class ReleaseOutcome:
@@ -160,10 +173,18 @@ class LedgerRecord(ReleaseOutcome):
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LedgerRecord:
-        """Inverse of `to_dict`; a missing or mistyped field raises LedgerError."""
+    def from_dict(cls, data: dict[str, Any], *, lenient: bool = False) -> LedgerRecord:
+        """Inverse of `to_dict`; a missing or mistyped field raises LedgerError.
+
+        `lenient` is how a report reads a folder that may be old or edited: a whole
+        float (33.0) stands for an integer, a missing `released` for true, and a
+        mistyped later field (run, release, outcome, ...) for null. The fields every
+        ledger has must still be there, with their types.
+        """
         if not isinstance(data, dict):
             raise LedgerError(f"a record must be a JSON object, got {data!r}")
+        if lenient:
+            data = _leniently(data)
         names = (*_FIELD_KINDS, *_OPTIONAL_KINDS)
         problems = [p for name in names if (p := _field_problem(name, data))]
         if problems:
@@ -244,9 +265,8 @@ class PrivacyLedger:
         forever.
         """
         _make_parent(self.path)
-        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = lock_file(Path(f"{self.path}.lock"))
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)  # releases the lock
@@ -296,11 +316,3 @@ class PrivacyLedger:
     def history(self, client_id: int) -> list[Step]:
         """Return the client's accountant history: one entry per release it made."""
         return [r.step for r in self.records() if r.client_id == client_id and r.spends]
-
-    def latest_epsilon(self) -> dict[int, float]:
-        """Each client's cumulative epsilon after its latest participation."""
-        return {r.client_id: r.epsilon for r in self.records()}
-
-    def last_round(self) -> int:
-        """Return the highest round recorded (0 for an empty ledger)."""
-        return max((r.round for r in self.records()), default=0)

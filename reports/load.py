@@ -15,10 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.errors import FedsimError
-from fedsim.privacy.ledger import ReleaseOutcome
+from fedsim.privacy.ledger import RUN_LEDGER, SITE_LEDGERS, LedgerError, LedgerRecord
 
-LEDGER = Path("privacy") / "ledger.jsonl"
-SITE_LEDGERS = Path("privacy") / "clients"  # simulation: each client's own ledger
 HE_CONTEXT = Path("he") / "server.ctx"
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "partitions.json")
 
@@ -27,26 +25,6 @@ class ReportError(FedsimError):
     """A report cannot be made at all (no run folder, nothing readable, bad flags)."""
 
     exit_code = 2
-
-
-@dataclass(frozen=True, kw_only=True)
-class LedgerRecord(ReleaseOutcome):
-    """One client participation as the DP accountant recorded it."""
-
-    round: int
-    client_id: int
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    delta: float
-    accountant: str
-    epsilon: float
-    budget: float | None
-    released: bool
-    outcome: str | None = None
-    """aggregated, rejected, refused, late, exhausted (server); released (site)."""
-    release: int | None = None
-    site_epsilon: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,38 +121,17 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _whole(value: Any) -> bool:
-    """Tell whether `value` is a whole number (an int, or a float like 33.0)."""
-    return _number(value) and float(value).is_integer()
-
-
 def _ledger_record(row: dict[str, Any]) -> LedgerRecord | None:
-    """Type one ledger row; None when a field is missing or of the wrong type."""
-    ints = ("round", "client_id", "steps")
-    floats = ("noise_multiplier", "sample_rate", "delta", "epsilon")
-    if not all(_whole(row.get(k)) for k in ints):
+    """Type one ledger row leniently; None when a field is missing or of the wrong type."""
+    try:
+        return LedgerRecord.from_dict(row, lenient=True)
+    except LedgerError:
         return None
-    if not all(_number(row.get(k)) for k in floats):
-        return None
-    budget = row.get("budget")
-    if not (budget is None or _number(budget)):
-        return None
-    if not isinstance(row.get("accountant"), str):
-        return None
-    outcome, release, site = row.get("outcome"), row.get("release"), row.get("site_epsilon")
-    return LedgerRecord(
-        **{k: int(row[k]) for k in ints},
-        **{k: row[k] for k in (*floats, "accountant")},
-        budget=budget, released=bool(row.get("released", True)),
-        outcome=outcome if isinstance(outcome, str) else None,
-        release=int(release) if _whole(release) else None,
-        site_epsilon=float(site) if _number(site) else None,
-    )
 
 
 def _ledger(run_dir: Path, warnings: list[str]) -> tuple[list[LedgerRecord], bool]:
     """Read the DP ledger's valid records (file order); say if the file exists."""
-    path = run_dir / LEDGER
+    path = run_dir / RUN_LEDGER
     if not path.is_file():
         return [], False
     rows = _jsonl_rows(path, warnings) or []
@@ -254,9 +211,9 @@ def _check_run_dir(run_dir: Path) -> None:
     """Refuse a path that is not a run folder at all."""
     if not run_dir.is_dir():
         raise ReportError(f"run folder {run_dir} does not exist")
-    if not any((run_dir / name).is_file() for name in (*RUN_FILES, str(LEDGER))):
+    if not any((run_dir / name).is_file() for name in (*RUN_FILES, str(RUN_LEDGER))):
         raise ReportError(f"{run_dir} is not a fedsim run folder (none of "
-                          f"{', '.join(RUN_FILES)} or {LEDGER} is there)")
+                          f"{', '.join(RUN_FILES)} or {RUN_LEDGER} is there)")
 
 
 def _unfinished_warning(run: dict[str, Any], rounds: int, records: int) -> str | None:
@@ -288,7 +245,7 @@ def load_run(run_dir: Path) -> RunData:
     federation = _read_json(run_dir / "federation.json", []) or {}
     sites = _site_ledgers(run_dir, federation.get("run_id"), warnings)
     if config.get("dp") and not has_ledger:
-        warnings.append(f"{LEDGER} is missing in {run_dir} although DP was on: "
+        warnings.append(f"{RUN_LEDGER} is missing in {run_dir} although DP was on: "
                         "no per-client epsilon")
     unfinished = _unfinished_warning(parts, len(metrics), len(ledger))
     if unfinished:

@@ -12,7 +12,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from fedsim.reports.load import LEDGER, SITE_LEDGERS, LedgerRecord, RunData
+from fedsim.privacy.ledger import RUN_LEDGER, SITE_LEDGERS, LedgerRecord
+from fedsim.reports.load import RunData
 
 SCHEMA_VERSION = 1
 ACCOUNTANT_NAMES = {
@@ -226,7 +227,7 @@ def privacy_json(run: RunData) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
         "run_dir": str(run.run_dir),
-        "source": str(LEDGER) if run.has_ledger else None,
+        "source": str(RUN_LEDGER) if run.has_ledger else None,
         "dp": run.dp_on,
         "dp_against_server": (not run.config.get("insecure_reproducible_noise")
                               if run.dp_on else None),

@@ -1,6 +1,6 @@
 """Write reports to disk: report.html, report.md (+ PNGs), privacy.json; compare.*.
 
-Every file goes through the run folder's atomic writers, so a reader never sees a
+Every file goes through the atomic writers of `fedsim.privacy.files`, so a reader never sees a
 half-written report.
 """
 
@@ -10,12 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedsim.privacy.files import atomic_write_bytes, atomic_write_json
 from fedsim.reports.compare import compare_document
 from fedsim.reports.content import run_document
 from fedsim.reports.load import ReportError, load_run
 from fedsim.reports.privacy import privacy_json
 from fedsim.reports.render import Document, render_html, render_markdown
-from fedsim.simulations.rundir import atomic_write_bytes, atomic_write_json
 
 
 @dataclass(frozen=True, kw_only=True)

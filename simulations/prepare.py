@@ -12,7 +12,7 @@ from fedsim.fedmodels.datasets import DatasetBundle, load_dataset
 from fedsim.fedmodels.models import ModelSpec, build_model, count_parameters
 from fedsim.fedmodels.partition import label_counts, partition_indices, split_train_val
 from fedsim.fedmodels.store import write_store
-from fedsim.simulations.rundir import atomic_write_json
+from fedsim.privacy.files import atomic_write_json
 
 MIN_ROWS_PER_CLIENT = 2  # one to train on, one to validate on
 

@@ -5,51 +5,18 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import os
 import resource
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from fedsim.errors import ConfigError
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o666) -> None:
-    """Write `data` to `path` so a reader sees the old file or the new one, never half.
-
-    The file gets `mode` less the umask (mkstemp's own 0600 is for temporary files).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode & ~_umask())
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    """Atomically write pretty JSON."""
-    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
-
+from fedsim.privacy.files import atomic_write_bytes, atomic_write_json
 
 RUN_MARKERS = ("config.json", "federation.json")  # what `fedsim run` writes at its start
 

@@ -16,6 +16,8 @@ from flwr.app import Array, ArrayRecord
 from fedsim.config import RunConfig, config_from_json
 from fedsim.errors import ConfigError
 from fedsim.fedmodels.models import ModelSpec
+from fedsim.privacy.files import atomic_write_json
+from fedsim.privacy.ledger import RUN_LEDGER, SITE_LEDGERS
 from fedsim.server.app import HEPlan, ServerPlan, build_server_app
 from fedsim.server.hooks import Listeners, RoundListener
 from fedsim.simulations.prepare import Prepared, prepare
@@ -23,7 +25,6 @@ from fedsim.simulations.rundir import (
     Checkpoint,
     RunClock,
     RunRecorder,
-    atomic_write_json,
     check_out_dir,
     fresh_run_dir,
     load_checkpoint,
@@ -150,8 +151,10 @@ def _he_plan(folder: Path, fingerprint: str) -> HEPlan:
     Each simulation has its own key set, so its fingerprint doubles as the run id
     bound into every tag (stable when the run is resumed).
     """
-    return HEPlan(server_context_path=str(folder / "server.ctx"), fingerprint=fingerprint,
-                  client_key_path=str(folder / "client.key"),
+    from fedsim.privacy.keys import CLIENT_KEY_NAME, SERVER_CONTEXT_NAME  # loaded by now
+
+    return HEPlan(server_context_path=str(folder / SERVER_CONTEXT_NAME),
+                  fingerprint=fingerprint, client_key_path=str(folder / CLIENT_KEY_NAME),
                   passphrase_file=str(folder / "passphrase"), run_id=f"sim-{fingerprint}")
 
 
@@ -218,10 +221,10 @@ def reopen_run(run_dir: Path) -> PreparedRun:
                         test_size=fed["test_size"])
     he = None
     if cfg.secure_agg == "he":
-        from fedsim.privacy.keys import key_info
+        from fedsim.privacy.keys import SERVER_CONTEXT_NAME, key_info
 
         folder = he_folder(run_dir)
-        he = _he_plan(folder, str(key_info(folder / "server.ctx")["fingerprint"]))
+        he = _he_plan(folder, str(key_info(folder / SERVER_CONTEXT_NAME)["fingerprint"]))
     return PreparedRun(config=cfg, run_dir=run_dir, prepared=prepared, he=he,
                        run_id=str(fed.get("run_id") or run_dir.resolve()))
 
@@ -274,9 +277,9 @@ def _execute(started: PreparedRun, *, listener, verbose: bool, client_app,
     stop = StopOnSignals(second_signal_note=f"Resume with: fedsim run --resume {run_dir}")
     plan = ServerPlan(
         config=cfg, model=prepared.model, data_dir=str(prepared.data_dir.resolve()),
-        ledger_path=str(run_dir / "privacy" / "ledger.jsonl") if cfg.dp else None,
+        ledger_path=str(run_dir / RUN_LEDGER) if cfg.dp else None,
         run_id=started.run_id,
-        site_ledger_dir=(str((run_dir / "privacy" / "clients").resolve())
+        site_ledger_dir=(str((run_dir / SITE_LEDGERS).resolve())
                          if cfg.dp else None),
         he=started.he,
         resume_round=checkpoint.round if checkpoint else 0,

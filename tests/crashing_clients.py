@@ -3,26 +3,13 @@
 import os
 import time
 
-from flwr.clientapp import ClientApp
-
 from fedsim.client import app as real
+from tests.client_apps import client_app
 
-app = ClientApp()
 SLOW_CLIENT, DYING_CLIENT = 0, 1
 SLEEP_S = 25.0  # past the test's 15 s round timeout, with margin for a slow machine
 
 
-@app.query()
-def hello(msg, context):
-    return real.hello(msg, context)
-
-
-@app.evaluate()
-def evaluate(msg, context):
-    return real.evaluate_local(msg, context)
-
-
-@app.train()
 def train(msg, context):
     """In round 1 client 0 sleeps past the round timeout, client 1 kills its worker."""
     cid = real.client_id(context)
@@ -32,3 +19,6 @@ def train(msg, context):
     if first_round and cid == DYING_CLIENT:
         os._exit(1)
     return real.train(msg, context)
+
+
+app = client_app(train=train)

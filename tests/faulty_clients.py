@@ -2,25 +2,12 @@
 
 import numpy as np
 from flwr.app import Array, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
 
 from fedsim import protocol
 from fedsim.client import app as real
-
-app = ClientApp()
-
-
-@app.query()
-def hello(msg, context):
-    return real.hello(msg, context)
+from tests.client_apps import client_app
 
 
-@app.evaluate()
-def evaluate(msg, context):
-    return real.evaluate_local(msg, context)
-
-
-@app.train()
 def train(msg, context):
     """Client 0 sends NaNs, client 1 a wrong shape, client 2 no weight, client 3 raises."""
     cid = real.client_id(context)
@@ -41,3 +28,6 @@ def train(msg, context):
         raise RuntimeError("simulated client crash")
     return Message(RecordDict({protocol.ARRAYS: arrays, protocol.METRICS: metrics}),
                    reply_to=msg)
+
+
+app = client_app(train=train)

@@ -2,29 +2,16 @@
 
 import numpy as np
 from flwr.app import Array, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
 
 from fedsim import protocol
 from fedsim.client import app as real
-
-app = ClientApp()
-
-
-@app.query()
-def hello(msg, context):
-    return real.hello(msg, context)
-
-
-@app.evaluate()
-def evaluate(msg, context):
-    return real.evaluate_local(msg, context)
+from tests.client_apps import client_app
 
 
 def _ciphertext_keys(arrays):
     return sorted(k for k in arrays.keys() if k.startswith(protocol.HE_PREFIX))
 
 
-@app.train()
 def train(msg, context):
     """0: wrong key fingerprint, 1: truncated, 2: garbage, 3: a vector missing,
     4: no weight; the others are honest."""
@@ -49,3 +36,6 @@ def train(msg, context):
         metrics.pop(protocol.NUM_EXAMPLES)
         content[protocol.METRICS] = MetricRecord(metrics)
     return Message(RecordDict(dict(content)), reply_to=msg)
+
+
+app = client_app(train=train)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from fedsim.privacy.ledger import LedgerError, LedgerRecord, PrivacyLedger, ledger_path
+from fedsim.privacy.ledger import RUN_LEDGER, LedgerError, LedgerRecord, PrivacyLedger
 
 
 def record(round_=1, client_id=0, epsilon=1.0, released=True, **changes):
@@ -43,6 +43,24 @@ def test_later_fields_round_trip_and_older_ledgers_still_read():
         LedgerRecord.from_dict({**new.to_dict(), "release": "x"})
 
 
+def test_a_lenient_read_takes_what_a_report_tolerates_and_no_more():
+    # Prepare
+    data = {**record().to_dict(), "round": 3.0, "release": 7.0, "outcome": 5,
+            "reason": ["x"]}
+    del data["released"]
+
+    # Execute
+    read = LedgerRecord.from_dict(data, lenient=True)
+
+    # Assert
+    assert (read.round, read.release, read.outcome, read.reason) == (3, 7, None, None)
+    assert read.released is True
+    with pytest.raises(LedgerError):
+        LedgerRecord.from_dict(data)
+    with pytest.raises(LedgerError, match="'steps' must be an integer"):
+        LedgerRecord.from_dict({**data, "steps": 1.5}, lenient=True)
+
+
 def test_record_from_dict_names_every_bad_field():
     data = record().to_dict()
     del data["steps"]
@@ -56,21 +74,15 @@ def test_record_from_dict_names_every_bad_field():
     assert "'round' must be an integer" in message
 
 
-def test_ledger_lives_in_the_run_folder(tmp_path):
-    assert ledger_path(tmp_path) == tmp_path / "privacy" / "ledger.jsonl"
-
-
 def test_empty_or_missing_ledger(tmp_path):
-    ledger = PrivacyLedger(ledger_path(tmp_path))
+    ledger = PrivacyLedger(tmp_path / RUN_LEDGER)
     assert ledger.records() == []
-    assert ledger.last_round() == 0
-    assert ledger.latest_epsilon() == {}
     assert ledger.history(3) == []
 
 
 def test_appended_records_are_read_back_per_client(tmp_path):
     # Prepare
-    ledger = PrivacyLedger(ledger_path(tmp_path))
+    ledger = PrivacyLedger(tmp_path / RUN_LEDGER)
     first = [record(1, 0, 0.5), record(1, 1, 0.7)]
     # Execute
     ledger.extend(first)
@@ -80,8 +92,6 @@ def test_appended_records_are_read_back_per_client(tmp_path):
     assert reread.records() == [*first, record(2, 0, 0.9, released=False,
                                                 noise_multiplier=2.0, steps=10)]
     assert reread.history(0) == [(1.1, 0.1, 50)]  # only released updates spend
-    assert reread.latest_epsilon() == {0: 0.9, 1: 0.7}
-    assert reread.last_round() == 2
     assert reread.torn_lines == 0
 
 
@@ -134,7 +144,7 @@ def test_appends_are_fsynced_file_and_new_folders(tmp_path, monkeypatch):
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", spy)
-    ledger = PrivacyLedger(ledger_path(tmp_path / "run"))
+    ledger = PrivacyLedger(tmp_path / "run" / RUN_LEDGER)
     # Execute: the first append creates run/, run/privacy/ and the file.
     ledger.append(record(1))
     first = list(synced)

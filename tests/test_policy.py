@@ -268,9 +268,9 @@ def test_other_exceptions_still_propagate(task_identity):
 
 
 def test_simulation_clients_refuse_by_their_own_policy(tmp_path):
-    from fedsim.client.policy import client_app_with_sites
     from fedsim.config import build_config
     from fedsim.simulations.runner import simulate
+    from tests.client_apps import client_app_with_sites
 
     strict, allowing = tmp_path / "strict.toml", tmp_path / "allowing.toml"
     strict.write_text("[dp]\nrequired = true\n")

@@ -333,7 +333,7 @@ def test_compare_names_runs_without_dp(dp_runs, real_runs, tmp_path):
 
 
 def test_exhaustion_marker_is_not_a_participation():
-    from fedsim.reports.load import LedgerRecord
+    from fedsim.privacy.ledger import LedgerRecord
     from fedsim.reports.privacy import ClientPrivacy
 
     def rec(rnd, steps, noise, released=True):
@@ -349,7 +349,7 @@ def test_exhaustion_marker_is_not_a_participation():
 
 def _ledger_record(rnd, client, *, noise, delta, steps=10, epsilon=1.0, budget=None,
                    released=True):
-    from fedsim.reports.load import LedgerRecord
+    from fedsim.privacy.ledger import LedgerRecord
 
     return LedgerRecord(round=rnd, client_id=client, noise_multiplier=noise,
                         sample_rate=0.1, steps=steps, delta=delta, accountant="rdp",

@@ -12,22 +12,14 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
+
+from fedsim.cli.tables import label_table
 
 app = typer.Typer(
     help="Certificates (TLS) and SuperNode authentication keys for a deployment.",
     no_args_is_help=True,
     add_completion=False,
 )
-
-
-def _table(title: str, rows: list[tuple[str, str]]) -> Table:
-    table = Table(title=title, show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")
-    for label, value in rows:
-        table.add_row(label, value)
-    return table
 
 
 @app.command("init")
@@ -55,7 +47,7 @@ def init(
     ]
     rows += [(n.name, f"{n.private_path} (0600, to this site only); enroll "
               f"{n.public_path}") for n in made.nodes]
-    Console().print(_table("certificate set written", rows))
+    Console().print(label_table("certificate set written", rows))
 
 
 @app.command("check")
@@ -79,7 +71,7 @@ def check(
             rows.append((name, f"{node.curve} key {node.mode}, matches {name}.pub"))
         else:
             rows.append((name, "public key only (the site keeps its private key)"))
-    Console().print(_table(f"{folder}: ok", rows))
+    Console().print(label_table(f"{folder}: ok", rows))
 
 
 @app.command("node-key")

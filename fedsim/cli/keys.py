@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from fedsim.cli.tables import label_table
 from fedsim.errors import ConfigError
 from fedsim.privacy.he import HEError, ParamSetName, get_params
 from fedsim.privacy.he_tag import CLIP_BOUND
@@ -71,16 +71,6 @@ def new_passphrase() -> str:
     return passphrase
 
 
-def _table(title: str, rows: list[tuple[str, Any]]) -> Table:
-    """Build a two-column rich table of labelled values."""
-    table = Table(title=title, show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")
-    for label, value in rows:
-        table.add_row(label, str(value))
-    return table
-
-
 @app.command("init")
 def init(
     out: Annotated[
@@ -118,7 +108,7 @@ def init(
         ("clients get", f"{keys.client_key_path} (+ the passphrase, separately)"),
         ("server gets", keys.server_context_path),
     ]
-    Console().print(_table("HE keys provisioned", rows))
+    Console().print(label_table("HE keys provisioned", rows))
 
 
 @app.command("info")
@@ -130,7 +120,7 @@ def info(
     """Describe a key file (kind, parameter set, fingerprint) without the passphrase."""
     details = key_info(file)
     rows = [(key.replace("_", " "), value) for key, value in details.items()]
-    Console().print(_table(f"{file}", rows))
+    Console().print(label_table(f"{file}", rows))
 
 
 @app.command("decrypt-model")
@@ -161,7 +151,7 @@ def decrypt_model(
     import torch
 
     from fedsim.client.he_step import ENCRYPTED_MODEL, ENCRYPTED_MODEL_INFO, open_final_model
-    from fedsim.simulations.rundir import atomic_write_bytes
+    from fedsim.privacy.files import atomic_write_bytes
 
     missing = [n for n in (ENCRYPTED_MODEL, ENCRYPTED_MODEL_INFO) if not (run_dir / n).is_file()]
     if missing:

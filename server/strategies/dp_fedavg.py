@@ -31,7 +31,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 
 from fedsim import protocol
-from fedsim.privacy.accounting import STEPS_MAX, default_delta, epsilon
+from fedsim.privacy.accounting import STEPS_MAX, Step, default_delta, epsilon
 from fedsim.privacy.ledger import (
     AGGREGATED,
     EXHAUSTED,
@@ -56,7 +56,7 @@ def _number(value) -> bool:
         and bool(np.isfinite(value))
 
 
-def release_step(metrics) -> tuple[float, float, int] | None:
+def release_step(metrics) -> Step | None:
     """The DP-SGD a reply says it ran, or None when that is missing or malformed."""
     values = [metrics.get(k) for k in _DP_KEYS]
     if not all(_number(v) and v > 0 for v in values) or values[1] > 1 \
@@ -130,11 +130,11 @@ class DPFedAvg(FedsimFedAvg):
         reported = metrics.get(protocol.DP_DELTA)
         return float(reported) if _number(reported) and 0 < reported < 1 else 1e-5
 
-    def _history_steps(self, cid: int) -> list[tuple[float, float, int]]:
+    def _history_steps(self, cid: int) -> list[Step]:
         return [(e[2], e[3], e[4]) for e in self.histories.get(cid, [])]
 
     def _record(self, server_round: int, cid: int, metrics, *, outcome: str,
-                step: tuple[float, float, int] | None, reason: str | None = None
+                step: Step | None, reason: str | None = None
                 ) -> LedgerRecord:
         """The ledger record of one reply; its epsilon counts `step` if released."""
         delta = self._delta(metrics)

@@ -20,6 +20,7 @@ import asyncio
 import json
 import ssl
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -72,7 +73,7 @@ class Federation:
             upstream=f"127.0.0.1:{self.upstream}", fleet=f"127.0.0.1:{self.fleet}",
             control=f"127.0.0.1:{self.control}")
         self.procs.start("superlink", commands.gateway_argv(gateway, link,
-                                                            python=_python()))
+                                                            python=sys.executable))
         url = commands.superlink_health_url(port=self.fleet)
         wait_until(lambda: healthy(url, self.ca), timeout=START_TIMEOUT_S,
                    what="gateway health")
@@ -90,12 +91,6 @@ class Federation:
         return json.loads(done.stdout[start:]) if start >= 0 else {"success": False}
 
 
-def _python() -> str:
-    from fedsim.deploy.commands import this_python
-
-    return this_python()
-
-
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
     fed = Federation(tmp_path_factory.mktemp("gateway"))
@@ -103,7 +98,7 @@ def federation(tmp_path_factory):
         fed.start()
         enroll = commands.enroll_argv(superlink=f"127.0.0.1:{fed.control}", ca=fed.ca,
                                       keys_dir=str(fed.layout.public_dir),
-                                      python=_python())
+                                      python=sys.executable)
         done = subprocess.run(enroll, capture_output=True, text=True, timeout=120,
                               env=fed.procs.env("enroll"))
         assert done.returncode == 0, done.stderr + done.stdout
@@ -138,7 +133,7 @@ def _stock_supernode(fed: Federation, name: str, key: str | None, *, refused: st
     that was refused keeps running in Flower 1.41, without a node); it is then
     stopped. (exit code or None, its log)
     """
-    argv = [str(Path(_python()).with_name("flower-supernode")), "--superlink",
+    argv = [str(Path(sys.executable).with_name("flower-supernode")), "--superlink",
             f"127.0.0.1:{fed.fleet}", "--root-certificates", fed.ca,
             "--max-retries", "2", "--node-config", "partition-id=9",
             "--port", str(free_port())]

@@ -333,6 +333,9 @@ def site_terms(dp: DPSettings, *, n: int, records: list[LedgerRecord],
     - delta: below 1/n; the smallest of the message's and every record's;
     - budget: the smallest of the message's epsilon_budget and target_epsilon,
       the site policy's max-epsilon and every budget this run's records hold.
+
+    The message's numbers are finite and > 0 (`ClientSettings.decode` refuses
+    others); what depends on this site (n, its ledger, its policy) is checked here.
     """
     accountant = dp.accountant
     if accountant not in RUN_ACCOUNTANTS:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 import os
 import secrets
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ from fedsim.privacy.ledger import (
     LedgerRecord,
     PrivacyLedger,
 )
+from fedsim.settings import ClientSettings, DPSettings
 
 log = logging.getLogger("fedsim.site")
 
@@ -127,7 +127,7 @@ def site_state_folder(node_config) -> tuple[Path, bool]:
     return _flwr_home() / FLWR_SUBDIR, True
 
 
-def refuse_dp_switched_off(msg: Message, context: Context, settings: dict,
+def refuse_dp_switched_off(msg: Message, context: Context, settings: ClientSettings,
                            client_id: int) -> None:
     """A run a site took part in with DP stays a DP run for it.
 
@@ -135,7 +135,7 @@ def refuse_dp_switched_off(msg: Message, context: Context, settings: dict,
     budget is spent) is refused for training and evaluation alike. Deployed sites
     only: a simulated client's ledger folder is the driver's to name.
     """
-    if settings.get("dp") or is_simulated(msg, context):
+    if settings.dp is not None or is_simulated(msg, context):
         return
     path = _ledger_folder(msg, context)[0] / f"client-{client_id}.jsonl"
     if path.exists() and run_records(PrivacyLedger(path),
@@ -172,7 +172,7 @@ class RunKeys:
         return self.run != self.flower_run and self.run in (record.run, record.flower_run)
 
 
-def run_keys(msg: Message, context: Context, settings: dict) -> RunKeys:
+def run_keys(msg: Message, context: Context, settings: ClientSettings) -> RunKeys:
     """The run a release belongs to: the driver's run id, or Flower's in deployment.
 
     A deployed site takes its Flower run id from its own SuperNode. A resumed run
@@ -184,13 +184,13 @@ def run_keys(msg: Message, context: Context, settings: dict) -> RunKeys:
     Flower run that claims nothing counts only its own records (another run's
     claim to continue it cannot tighten its terms).
     """
-    if is_simulated(msg, context) and settings.get("run_id"):
-        return RunKeys(run=str(settings["run_id"]), flower_run=None)
+    claimed = settings.run_id
+    if is_simulated(msg, context) and claimed:
+        return RunKeys(run=claimed, flower_run=None)
     own = protocol.flower_run_key(context.run_id)
-    claimed = settings.get("run_id")
     if claimed is None or claimed == own:
         return RunKeys(run=own, flower_run=own)
-    if not isinstance(claimed, str) or not protocol.is_flower_run_key(claimed):
+    if not protocol.is_flower_run_key(claimed):
         raise FedsimError(f"the run names itself {str(claimed)[:40]!r}, which is no "
                           "deployed run's id; this site does not train for it")
     return RunKeys(run=claimed, flower_run=own)
@@ -305,21 +305,9 @@ def merge_histories(own: list[Entry], server: list[Entry]) -> list[Entry]:
 # ---------------------------------------------------------------- noise and budget
 
 
-def client_delta(dp: dict, n: int) -> float:
+def client_delta(dp: DPSettings, n: int) -> float:
     """The run's delta, or the default below 1/n for this client's data size."""
-    return float(dp["delta"]) if dp.get("delta") is not None else default_delta(n)
-
-
-def _number(dp: dict, key: str) -> float | None:
-    """dp[key] as a finite positive float (None if absent); a FedsimError otherwise."""
-    value = dp.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) \
-            or not math.isfinite(value) or value <= 0:
-        raise FedsimError(f"the run's DP setting {key} must be a finite number > 0, "
-                          f"got {value!r}; this site does not train on it")
-    return float(value)
+    return dp.delta if dp.delta is not None else default_delta(n)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -336,7 +324,7 @@ class SiteTerms:
     budget: float | None
 
 
-def site_terms(dp: dict, *, n: int, records: list[LedgerRecord],
+def site_terms(dp: DPSettings, *, n: int, records: list[LedgerRecord],
                policy_cap: float | None) -> SiteTerms:
     """This participation's terms: the message's, checked, tightened by the ledger's.
 
@@ -345,12 +333,14 @@ def site_terms(dp: dict, *, n: int, records: list[LedgerRecord],
     - delta: below 1/n; the smallest of the message's and every record's;
     - budget: the smallest of the message's epsilon_budget and target_epsilon,
       the site policy's max-epsilon and every budget this run's records hold.
+
+    The message's numbers are finite and > 0 (`ClientSettings.decode` refuses
+    others); what depends on this site (n, its ledger, its policy) is checked here.
     """
-    accountant = dp.get("accountant")
+    accountant = dp.accountant
     if accountant not in RUN_ACCOUNTANTS:
         raise FedsimError(f"the run asks for accountant {accountant!r}; this site "
                           f"accounts with one of {', '.join(RUN_ACCOUNTANTS)} only")
-    _number(dp, "delta")  # a given delta must be a finite number > 0
     delta = client_delta(dp, n)
     if delta >= 1.0 / n:
         raise FedsimError(f"the run's delta {delta:g} is not below 1/n = {1.0 / n:g} "
@@ -359,16 +349,16 @@ def site_terms(dp: dict, *, n: int, records: list[LedgerRecord],
     if pinned and pinned[0] != accountant:
         log.warning("the run now asks for accountant %s; this site keeps %s, which its "
                     "first participation in the run used", accountant, pinned[0])
-    caps = [_number(dp, "epsilon_budget"), _number(dp, "target_epsilon"), policy_cap,
+    caps = [dp.epsilon_budget, dp.target_epsilon, policy_cap,
             *(r.budget for r in records)]
     caps = [float(c) for c in caps if c is not None]
     return SiteTerms(
         delta=min([delta, *(r.delta for r in records if 0 < r.delta < 1)]),
-        accountant=pinned[0] if pinned else str(accountant),
+        accountant=pinned[0] if pinned else accountant,
         budget=min(caps) if caps else None)
 
 
-def noise_for(dp: dict, *, n: int, batch_size: int, local_epochs: int,
+def noise_for(dp: DPSettings, *, n: int, batch_size: int, local_epochs: int,
               rounds: int) -> float:
     """The noise multiplier: given, or calibrated for the worst case.
 
@@ -376,19 +366,18 @@ def noise_for(dp: dict, *, n: int, batch_size: int, local_epochs: int,
     (`participation_cap`: every round, or --max-participations): calibrated for
     that, no client's epsilon passes the target however sampling falls.
     """
-    given = _number(dp, "noise_multiplier")
-    if given is not None:
-        return given
-    if _number(dp, "target_epsilon") is None:
+    if dp.noise_multiplier is not None:
+        return dp.noise_multiplier
+    if dp.target_epsilon is None:
         raise FedsimError("the run gives neither a noise multiplier nor a target "
                           "epsilon; this site does not train without one")
     steps = steps_per_participation(n, batch_size, local_epochs)
-    total = steps * participation_cap(rounds, dp.get("max_participations"))
+    total = steps * participation_cap(rounds, dp.max_participations)
     if total > STEPS_MAX:
         raise FedsimError(f"the run asks to calibrate noise for {total:,} DP steps; "
                           f"this site accounts at most {STEPS_MAX:,}")
-    return _calibrated(float(dp["target_epsilon"]), client_delta(dp, n),
-                       sample_rate(n, batch_size), total, dp["accountant"])
+    return _calibrated(dp.target_epsilon, client_delta(dp, n),
+                       sample_rate(n, batch_size), total, dp.accountant)
 
 
 @functools.lru_cache(maxsize=256)
@@ -407,7 +396,7 @@ def policy_cap(context: Context) -> float | None:
     return None if policy is None else policy.max_epsilon
 
 
-def dp_randomness(settings: dict, *, server_round: int, client_id: int):
+def dp_randomness(settings: ClientSettings, *, server_round: int, client_id: int):
     """The source of this participation's Poisson batches and noise.
 
     Secret (a key from this process's OS entropy) unless the run asked for
@@ -416,18 +405,15 @@ def dp_randomness(settings: dict, *, server_round: int, client_id: int):
     """
     from fedsim.client.dp_random import DPRandomness
 
-    if settings["dp"].get("insecure_reproducible_noise"):
-        return DPRandomness.reproducible(int(settings["seed"]), server_round, client_id)
+    if settings.dp.insecure_reproducible_noise:
+        return DPRandomness.reproducible(settings.seed, server_round, client_id)
     return DPRandomness.secret_source()
 
 
-def refuse_insecure_noise(msg: Message, context: Context, settings: dict) -> None:
+def refuse_insecure_noise(msg: Message, context: Context, settings: ClientSettings) -> None:
     """A real site never lets the server choose its noise (simulations may)."""
-    dp = settings.get("dp") or {}
-    if not isinstance(dp, dict):
-        raise FedsimError(f"the run's dp settings are {type(dp).__name__}, not a table "
-                          "of DP parameters; this site does not train for it")
-    if dp.get("insecure_reproducible_noise") and not is_simulated(msg, context):
+    if settings.dp is not None and settings.dp.insecure_reproducible_noise \
+            and not is_simulated(msg, context):
         raise FedsimError("the run asks for --insecure-reproducible-noise, which lets "
                           "the server remove this site's DP noise; a site never "
                           "accepts it (use it in simulations only)")
@@ -448,7 +434,7 @@ def _record(*, run: RunKeys, server_round: int, client_id: int,
 
 
 def dp_train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, *, msg: Message,
-             context: Context, settings: dict, device: torch.device,
+             context: Context, settings: ClientSettings, device: torch.device,
              client_id: int) -> tuple[DPOutcome, object | None]:
     """Check the budget on the site's own history, train with DP-SGD, record the release.
 
@@ -460,7 +446,8 @@ def dp_train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, *, msg: Messa
     refuse_insecure_noise(msg, context, settings)
     config = msg.content[protocol.CONFIG]
     server_round = int(config[protocol.ROUND])
-    dp, n = settings["dp"], len(y)
+    dp, n = settings.dp, len(y)
+    batch_size, local_epochs = settings.batch_size, settings.local_epochs
     ledger = PrivacyLedger(site_ledger_path(msg, context, client_id))
     run = run_keys(msg, context, settings)
     # read history, decide, train, append: one message of this site at a time, so that
@@ -471,15 +458,11 @@ def dp_train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, *, msg: Messa
         sent = config.get(protocol.DP_HISTORY)
         history = merge_histories(_entries(records), parse_server_history(
             None if sent is None else str(sent)))
-        noise = noise_for(dp, n=n, batch_size=settings["batch_size"],
-                          local_epochs=settings["local_epochs"], rounds=settings["rounds"])
+        noise = noise_for(dp, n=n, batch_size=batch_size, local_epochs=local_epochs,
+                          rounds=settings.rounds)
         delta, accountant, budget = terms.delta, terms.accountant, terms.budget
-        clip = _number(dp, "max_grad_norm")
-        if clip is None:
-            raise FedsimError("the run gives no max_grad_norm; this site does not train "
-                              "without a clipping bound")
-        planned = (noise, sample_rate(n, settings["batch_size"]),
-                   steps_per_participation(n, settings["batch_size"], settings["local_epochs"]))
+        planned = (noise, sample_rate(n, batch_size),
+                   steps_per_participation(n, batch_size, local_epochs))
         common = dict(run=run, server_round=server_round, client_id=client_id, delta=delta,
                       accountant=accountant, budget=budget)
         if budget is not None and would_exceed(_steps(history), planned, delta=delta,
@@ -490,9 +473,9 @@ def dp_train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, *, msg: Messa
             return DPOutcome(exhausted=True, metrics={
                 protocol.DP_EXHAUSTED: 1, protocol.DP_EPSILON: eps_now,
                 protocol.DP_DELTA: delta}), None
-        result = train_dp(model, x, y, epochs=settings["local_epochs"],
-                          batch_size=settings["batch_size"], lr=settings["lr"],
-                          noise_multiplier=noise, max_grad_norm=clip,
+        result = train_dp(model, x, y, epochs=local_epochs, batch_size=batch_size,
+                          lr=settings.lr, noise_multiplier=noise,
+                          max_grad_norm=dp.max_grad_norm,
                           device=device,
                           randomness=dp_randomness(settings, server_round=server_round,
                                                    client_id=client_id))
@@ -508,10 +491,10 @@ def dp_train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, *, msg: Messa
             protocol.DP_RELEASE: release, protocol.DP_ROUND: server_round}), result
 
 
-def exhausted_for_evaluation(msg: Message, context: Context, client_id: int) -> bool:
+def exhausted_for_evaluation(msg: Message, context: Context, settings: ClientSettings,
+                             client_id: int) -> bool:
     """Has this client run out of budget in this run? Then it sends no eval metrics."""
-    settings = protocol.decode_settings(str(msg.content[protocol.CONFIG][protocol.SETTINGS]))
-    if not settings.get("dp"):
+    if settings.dp is None:
         return False
     ledger = PrivacyLedger(site_ledger_path(msg, context, client_id))
     return own_history(ledger, run_keys(msg, context, settings), client_id)[1]

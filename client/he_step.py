@@ -66,6 +66,7 @@ from fedsim.privacy.keys import (
     read_regular,
 )
 from fedsim.protocol import encrypted_record, is_encrypted
+from fedsim.settings import HESettings
 
 log = logging.getLogger("fedsim.site")
 
@@ -109,7 +110,7 @@ class Session:
 # --- keys: the site's own configuration ------------------------------------------
 
 
-def session_for(he: dict, context: Context, data_dir: str | None,
+def session_for(he: HESettings, context: Context, data_dir: str | None,
                 flower_run: int | None = None) -> Session:
     """The site's keys for this run, checked against the run's settings and journal.
 
@@ -118,22 +119,23 @@ def session_for(he: dict, context: Context, data_dir: str | None,
     """
     node = context.node_config
     keys = _site_keys(he, node, data_dir)
-    if he.get("fingerprint") != keys.fingerprint:
+    if he.fingerprint != keys.fingerprint:
         raise SiteKeyError(
-            f"the run announces key set {str(he.get('fingerprint'))[:16]}, this site holds "
+            f"the run announces key set {he.fingerprint[:16]}, this site holds "
             f"{keys.fingerprint[:16]}; nothing was decrypted")
+    clients = he.clients
     try:
-        clients = int(he["clients"])
         floor = int(node.get(NODE_MIN_CONTRIBUTORS, MIN_CONTRIBUTORS))
-    except (KeyError, TypeError, ValueError) as err:
-        raise SiteKeyError(f"the run's HE settings are incomplete ({err!r})") from err
+    except (TypeError, ValueError) as err:
+        raise SiteKeyError(f"node config {NODE_MIN_CONTRIBUTORS} is no whole number "
+                           f"({err!r})") from err
     if not 1 <= clients <= MAX_CLIENTS:
         raise SiteKeyError(f"the run announces {clients} clients; at most {MAX_CLIENTS}")
     if floor < 1 or clients < floor:
         raise SiteKeyError(f"the run announces {clients} client(s); this site requires "
                            f"sums of at least {max(floor, 1)} distinct contributors "
                            f"(node config {NODE_MIN_CONTRIBUTORS})")
-    session = Session(keys=keys, run_id=str(he.get("run_id", "")), layout_clients=clients,
+    session = Session(keys=keys, run_id=he.run_id, layout_clients=clients,
                       min_contributors=floor,
                       journal=site_journal(node, data_dir),
                       scope=None if NODE_KEY in node else {"flower_run": flower_run})
@@ -155,7 +157,7 @@ def _check_run(session: Session, flower_run: int | None) -> None:
         journal.append("run", fingerprint=fp, run=run, flower_run=flower_run)
 
 
-def _site_keys(he: dict, node, data_dir: str | None) -> ClientKeySet:
+def _site_keys(he: HESettings, node, data_dir: str | None) -> ClientKeySet:
     if NODE_KEY in node:  # a deployment site: its own config only
         key_path = str(node[NODE_KEY])
         passphrase_file = node.get(NODE_PASSPHRASE_FILE)
@@ -167,15 +169,14 @@ def _site_keys(he: dict, node, data_dir: str | None) -> ClientKeySet:
                  None if expected is None else str(expected))
 
 
-def _simulation_paths(he: dict, data_dir: str | None) -> tuple[str, str]:
+def _simulation_paths(he: HESettings, data_dir: str | None) -> tuple[str, str]:
     """The run folder's own key files, or a refusal that opens nothing."""
     if not data_dir:
         raise SiteKeyError(f"HE is on but this site has no key: set node config "
                            f"{NODE_KEY}=PATH (server-sent key paths are never used)")
     folder = Path(os.path.abspath(data_dir)).parent / "he"
     wanted = (str(folder / "client.key"), str(folder / "passphrase"))
-    sent = (os.path.abspath(str(he.get("key_path", ""))),
-            os.path.abspath(str(he.get("passphrase_file", ""))))
+    sent = (os.path.abspath(he.key_path), os.path.abspath(he.passphrase_file or ""))
     if sent != wanted:
         raise SiteKeyError("the run names key files outside its own run folder's he/; "
                            f"refused unopened (a deployment site sets {NODE_KEY})")
@@ -217,15 +218,18 @@ _DECRYPTED: dict[tuple, tuple[OrderedDict, bytes]] = {}  # per worker: last glob
 
 
 def global_state(record: ArrayRecord, model: torch.nn.Module, session: Session, *,
-                 settings: dict, server_round: int, stage: str) -> OrderedDict:
+                 spec: ModelSpec, seed: int, server_round: int, stage: str) -> OrderedDict:
     """The verified plaintext global state; sets `session.basis` for the reply.
+
+    `spec` and `seed` are the run's (round 1's plaintext global must be exactly the
+    seeded initial model they build).
 
     A simulation worker serves many clients of one round, all sent the same global:
     it is verified and decrypted once per (content, expected round) and reused.
     """
     sum_round = server_round - 1 if stage == "train" else server_round
     if not is_encrypted(record):
-        state, basis = _initial(record, settings, server_round, stage)
+        state, basis = _initial(record, spec, seed, server_round, stage)
     else:
         digest = _digest(record)
         journal, where = session.journal, session.where(round=sum_round)
@@ -245,21 +249,21 @@ def global_state(record: ArrayRecord, model: torch.nn.Module, session: Session, 
     return OrderedDict((k, v.clone()) for k, v in state.items())
 
 
-def _initial(record: ArrayRecord, settings: dict, server_round: int, stage: str
-             ) -> tuple[OrderedDict, bytes]:
+def _initial(record: ArrayRecord, spec: ModelSpec, seed: int, server_round: int,
+             stage: str) -> tuple[OrderedDict, bytes]:
     """Round 1's plaintext global, accepted only as exactly the seeded initial model."""
     if stage != "train" or server_round != 1:
         raise TagError(f"a plaintext global in round {server_round} of an HE run; only "
                        "round 1 starts from the seeded initial model")
     with torch.random.fork_rng(devices=[]):  # leave the process's RNG as it was
-        torch.manual_seed(int(settings["seed"]))
-        own = build_model(ModelSpec.from_dict(settings["model"])).state_dict()
+        torch.manual_seed(seed)
+        own = build_model(spec).state_dict()
     sent = record.to_torch_state_dict()
     same = list(sent) == list(own) and all(
         sent[k].shape == own[k].shape and torch.equal(sent[k], own[k]) for k in own)
     if not same:
         raise TagError("the plaintext global of round 1 is not the seeded initial model")
-    return OrderedDict(own), initial_basis(settings["model"], int(settings["seed"]))
+    return OrderedDict(own), initial_basis(spec.to_dict(), seed)
 
 
 def _digest(record: ArrayRecord) -> str:

@@ -31,7 +31,7 @@ import numpy as np
 from flwr.app import Context, Message
 
 from fedsim import protocol
-from fedsim.errors import DatasetError
+from fedsim.errors import DatasetError, SettingsError
 from fedsim.fedmodels.datasets import DatasetInfo, dataset_info
 from fedsim.fedmodels.loaders import (
     class_image_files,
@@ -41,6 +41,7 @@ from fedsim.fedmodels.loaders import (
 )
 from fedsim.fedmodels.partition import split_train_val
 from fedsim.fedmodels.store import open_store
+from fedsim.settings import ClientSettings
 
 LAYOUTS = {
     "image": "data.npz (arrays x and y), or train-images-idx3-ubyte[.gz] with "
@@ -96,35 +97,30 @@ def train_size(msg: Message, context: Context) -> int:
     return len(client_data(msg, context, client_id, "train")[1])
 
 
-def message_settings(msg: Message) -> dict:
-    """The run settings the server sent with a train/evaluate message."""
+def message_settings(msg: Message) -> ClientSettings:
+    """The run settings the server sent with a train/evaluate message, checked."""
     config = msg.content[protocol.CONFIG]
-    return protocol.decode_settings(str(config[protocol.SETTINGS]))
+    if protocol.SETTINGS not in config:
+        raise SettingsError(["the message carries no run settings"])
+    return ClientSettings.decode(config[protocol.SETTINGS])
 
 
 def site_spec(msg: Message, context: Context, client_id: int) -> SiteSpec:
-    """The site's folder (node config) and the run's dataset, seed and model shape."""
+    """The site's folder (node config) and the run's dataset, seed and model shape.
+
+    The run's own settings, not Flower's run config: a resumed run's run config
+    holds the app's defaults, not the run's.
+    """
     if "data-dir" not in context.node_config:
         raise DatasetError(f"client {client_id} has no data folder: start its "
                            "SuperNode with --node-config 'data-dir=\"/path\"'")
     settings = message_settings(msg)
-    model = settings["model"]
-    # the run's own settings (a resumed run's Flower run config holds the app's
-    # defaults, not the run's), read with the types and ranges a split needs
-    dataset, seed = settings.get("dataset"), settings.get("seed")
-    val_fraction = settings.get("val_fraction")
-    if not isinstance(dataset, str) or isinstance(seed, bool) or not isinstance(seed, int):
-        raise DatasetError("the run's settings name no dataset and seed; this site "
-                           "reads no data for it")
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float) \
-            or not 0.0 < val_fraction < 1.0:
-        raise DatasetError(f"the run's val_fraction {val_fraction!r} is not in (0, 1)")
+    model = settings.model
     return SiteSpec(folder=str(context.node_config["data-dir"]),
-                    dataset=dataset, client_id=client_id,
-                    seed=seed, val_fraction=float(val_fraction),
-                    input_shape=tuple(int(d) for d in model["input_shape"]),
-                    num_classes=int(model["num_classes"]),
-                    vocab_size=model.get("vocab_size"))
+                    dataset=settings.dataset, client_id=client_id,
+                    seed=settings.seed, val_fraction=settings.val_fraction,
+                    input_shape=model.input_shape, num_classes=model.num_classes,
+                    vocab_size=model.vocab_size)
 
 
 @functools.lru_cache(maxsize=4)

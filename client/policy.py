@@ -35,6 +35,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, MessageType
 from fedsim import protocol
 from fedsim.errors import FedsimError
 from fedsim.protocol import GLOBAL_REFUSED, POLICY_REFUSED, SITE_ERROR
+from fedsim.settings import ClientSettings, DPSettings
 
 log = logging.getLogger("fedsim.site")
 
@@ -165,20 +166,18 @@ class RunFacts:
     fraction: float
     batch_size: int
     local_epochs: int
-    dp: Mapping[str, Any] | None
+    dp: DPSettings | None
     he: bool
 
 
-def run_facts(settings: Mapping[str, Any], run_config: Mapping[str, Any]) -> RunFacts:
+def run_facts(settings: ClientSettings, run_config: Mapping[str, Any]) -> RunFacts:
     """The facts of a run from its settings (dataset: settings, else run config)."""
-    dataset = settings.get("dataset") or run_config.get("dataset")
-    return RunFacts(model=str(settings["model"]["name"]),
+    dataset = settings.dataset or run_config.get("dataset")
+    return RunFacts(model=settings.model.name,
                     dataset=None if dataset is None else str(dataset),
-                    rounds=int(settings["rounds"]),
-                    fraction=float(settings["fraction"]),
-                    batch_size=int(settings["batch_size"]),
-                    local_epochs=int(settings["local_epochs"]),
-                    dp=settings.get("dp") or None, he=bool(settings.get("he")))
+                    rounds=settings.rounds, fraction=settings.fraction,
+                    batch_size=settings.batch_size, local_epochs=settings.local_epochs,
+                    dp=settings.dp, he=settings.he is not None)
 
 
 def static_violations(policy: SitePolicy, run: RunFacts) -> list[str]:
@@ -209,13 +208,13 @@ def worst_case_epsilon(run: RunFacts, *, n: int) -> float:
         steps_per_participation,
     )
 
-    dp = dict(run.dp or {})
+    dp = run.dp
     noise = noise_for(dp, n=n, batch_size=run.batch_size, local_epochs=run.local_epochs,
                       rounds=run.rounds)
     steps = steps_per_participation(n, run.batch_size, run.local_epochs) * \
-        participation_cap(run.rounds, dp.get("max_participations"))
+        participation_cap(run.rounds, dp.max_participations)
     step = (noise, sample_rate(n, run.batch_size), steps)
-    return epsilon([step], delta=client_delta(dp, n), accountant=dp["accountant"])
+    return epsilon([step], delta=client_delta(dp, n), accountant=dp.accountant)
 
 
 def dp_violations(policy: SitePolicy, run: RunFacts, *, n: int) -> list[str]:
@@ -230,10 +229,10 @@ def dp_violations(policy: SitePolicy, run: RunFacts, *, n: int) -> list[str]:
     from fedsim.client.dp_step import client_delta
 
     found = []
-    delta = client_delta(dict(run.dp), n)
+    delta = client_delta(run.dp, n)
     if policy.max_delta is not None and delta > policy.max_delta:
         found.append(f"delta {delta:g} exceeds the ceiling {policy.max_delta:g}")
-    budget = run.dp.get("epsilon_budget")
+    budget = run.dp.epsilon_budget
     cap = policy.max_epsilon
     if cap is not None and (budget is None or float(budget) > cap):
         worst = worst_case_epsilon(run, n=n)

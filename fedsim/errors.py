@@ -36,3 +36,20 @@ class RunInterrupted(FedsimError):
     """
 
     exit_code = 130
+
+
+class SettingsError(FedsimError):
+    """The run settings in a server's message are malformed; the site refuses it.
+
+    Carries every problem found at once (`fedsim.settings.ClientSettings.decode`).
+    """
+
+    shown = 10  # problems named in the message (a server may send thousands)
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        named = self.problems[: self.shown]
+        if len(self.problems) > self.shown:
+            named.append(f"and {len(self.problems) - self.shown} more")
+        super().__init__("the run's settings are malformed: " + "; ".join(named)
+                         + "; this site neither trains nor evaluates on them")

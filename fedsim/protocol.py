@@ -9,7 +9,7 @@ METRICS = "metrics"
 
 # ConfigRecord keys sent by the server
 ROUND = "server-round"
-SETTINGS = "fedsim-settings"  # JSON of client.settings.ClientSettings
+SETTINGS = "fedsim-settings"  # JSON of fedsim.settings.ClientSettings (its encode)
 DATA_DIR = "data-dir"
 SIM_PRIVACY_DIR = "privacy-dir"  # simulation only: where simulated clients keep their
 #                                  own privacy ledgers (a real site: its node config)
@@ -20,20 +20,6 @@ CLIENT_ID = "client-id"
 TRAIN_LOSS = "train-loss"
 EVAL_LOSS = "eval-loss"
 EVAL_ACC = "eval-acc"
-
-
-def encode_settings(settings: dict) -> str:
-    """Serialize the client-side training settings for a ConfigRecord."""
-    import json
-
-    return json.dumps(settings, sort_keys=True)
-
-
-def decode_settings(text: str) -> dict:
-    """Inverse of `encode_settings`."""
-    import json
-
-    return json.loads(text)
 
 
 def flower_run_key(flower_run_id: int) -> str:

@@ -23,6 +23,7 @@ from fedsim.server.federation import discover
 from fedsim.server.hooks import RoundListener
 from fedsim.server.strategies.fedavg import FedsimFedAvg
 from fedsim.server.streaming import StreamingGrid
+from fedsim.settings import ClientSettings, DPSettings, HESettings
 
 log = logging.getLogger("fedsim.server")
 
@@ -57,44 +58,18 @@ class ServerPlan:
     stop: threading.Event = field(default_factory=threading.Event)
 
 
-def client_settings(plan: ServerPlan) -> dict:
+def client_settings(plan: ServerPlan) -> ClientSettings:
     """The training settings every client receives in its messages."""
     cfg = plan.config
-    settings = {
-        "model": plan.model.to_dict(),
-        "dataset": cfg.dataset,
-        "local_epochs": cfg.local_epochs,
-        "batch_size": cfg.batch_size,
-        "lr": cfg.lr,
-        "device": cfg.device,
-        "seed": cfg.seed,
-        "val_fraction": cfg.val_fraction,
-        "run_id": plan.run_id,
-        "rounds": cfg.rounds,
-        "fraction": cfg.fraction,
-        "dp": None,
-        "he": None,
-    }
-    if cfg.dp:
-        settings["dp"] = {
-            "noise_multiplier": cfg.noise_multiplier,
-            "target_epsilon": cfg.target_epsilon,
-            "max_grad_norm": cfg.max_grad_norm,
-            "delta": cfg.delta,
-            "accountant": cfg.accountant,
-            "epsilon_budget": cfg.epsilon_budget,
-            "max_participations": cfg.max_participations,
-            "insecure_reproducible_noise": cfg.insecure_reproducible_noise,
-        }
-    if plan.he is not None:
-        settings["he"] = {
-            "key_path": plan.he.client_key_path,
-            "passphrase_file": plan.he.passphrase_file,
-            "fingerprint": plan.he.fingerprint,
-            "run_id": plan.he.run_id,
-            "clients": cfg.clients,
-        }
-    return settings
+    return ClientSettings(
+        model=plan.model, dataset=cfg.dataset, local_epochs=cfg.local_epochs,
+        batch_size=cfg.batch_size, lr=cfg.lr, device=cfg.device, seed=cfg.seed,
+        val_fraction=cfg.val_fraction, run_id=plan.run_id, rounds=cfg.rounds,
+        fraction=cfg.fraction, dp=DPSettings.from_run_config(cfg) if cfg.dp else None,
+        he=None if plan.he is None else HESettings(
+            key_path=plan.he.client_key_path, passphrase_file=plan.he.passphrase_file,
+            fingerprint=plan.he.fingerprint, run_id=plan.he.run_id,
+            clients=cfg.clients))
 
 
 def initial_model(plan: ServerPlan) -> torch.nn.Module:
@@ -217,7 +192,7 @@ def run_server(grid: Grid, plan: ServerPlan, listener: RoundListener) -> None:
     readable = strategy.codec.readable
     evaluator = (CentralEvaluator(plan)
                  if plan.central_eval and plan.data_dir and readable else None)
-    config = ConfigRecord({protocol.SETTINGS: protocol.encode_settings(client_settings(plan))})
+    config = ConfigRecord({protocol.SETTINGS: client_settings(plan).encode()})
     if plan.data_dir:
         config[protocol.DATA_DIR] = plan.data_dir
     if plan.data_dir and plan.site_ledger_dir:  # simulated sites keep theirs here

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,8 @@ from fedsim.client.policy import (
     static_violations,
 )
 from fedsim.errors import DatasetError
+from fedsim.fedmodels.models import ModelSpec
+from fedsim.settings import ClientSettings, DPSettings
 
 FULL = """
 [dp]
@@ -50,10 +53,10 @@ def facts(**changes) -> RunFacts:
     return RunFacts(**(base | changes))
 
 
-def dp_settings(**changes) -> dict:
+def dp_settings(**changes) -> DPSettings:
     base = dict(noise_multiplier=1.0, target_epsilon=None, max_grad_norm=1.0,
                 delta=None, accountant="rdp", epsilon_budget=None)
-    return base | changes
+    return DPSettings(**(base | changes))
 
 
 # ---------------------------------------------------------------- parsing
@@ -169,12 +172,11 @@ def task_identity():
 
 
 def settings_message(kind: str = MessageType.TRAIN, **changes) -> Message:
-    settings = {"model": {"name": "cnn", "input_shape": [1, 8, 8], "num_classes": 10,
-                          "vocab_size": None},
-                "local_epochs": 1, "batch_size": 16, "lr": 0.1, "device": "cpu",
-                "seed": 1, "rounds": 3, "fraction": 1.0, "dp": None, "he": None,
-                "dataset": "digits", "val_fraction": 0.1}
-    config = ConfigRecord({protocol.SETTINGS: json.dumps(settings | changes),
+    settings = ClientSettings(model=ModelSpec(name="cnn", input_shape=(1, 8, 8),
+                                              num_classes=10),
+                              local_epochs=1, batch_size=16, lr=0.1, device="cpu", seed=1,
+                              rounds=3, fraction=1.0, dataset="digits", val_fraction=0.1)
+    config = ConfigRecord({protocol.SETTINGS: replace(settings, **changes).encode(),
                            protocol.ROUND: 1})
     return Message(RecordDict({protocol.CONFIG: config}), dst_node_id=1,
                    message_type=kind)

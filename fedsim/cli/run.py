@@ -21,14 +21,12 @@ def _noise_warning(console: Console, cfg, started) -> None:
 
     from fedsim.client.dp_step import noise_for
     from fedsim.privacy.accounting import noise_warning
+    from fedsim.settings import DPSettings
 
     parts = json.loads((started.run_dir / "partitions.json").read_text())["clients"]
     n = int(statistics.median(int(c["train"]) for c in parts.values()))
-    dp = {"noise_multiplier": cfg.noise_multiplier, "target_epsilon": cfg.target_epsilon,
-          "delta": cfg.delta, "accountant": cfg.accountant,
-          "max_participations": cfg.max_participations}
-    sigma = noise_for(dp, n=n, batch_size=cfg.batch_size, local_epochs=cfg.local_epochs,
-                      rounds=cfg.rounds)
+    sigma = noise_for(DPSettings.from_run_config(cfg), n=n, batch_size=cfg.batch_size,
+                      local_epochs=cfg.local_epochs, rounds=cfg.rounds)
     line = noise_warning(noise_multiplier=sigma, dataset_size=n, batch_size=cfg.batch_size,
                          num_params=started.prepared.num_parameters)
     if line:

@@ -21,21 +21,24 @@ from fedsim.client.app import app as client_app
 from fedsim.fedmodels.models import ModelSpec, build_model
 from fedsim.fedmodels.partition import ClientSplit
 from fedsim.fedmodels.store import write_store
+from fedsim.settings import ClientSettings, DPSettings
 
 SPEC = ModelSpec(name="cnn", input_shape=(1, 8, 8), num_classes=10)
 
 
-def dp_settings(**dp) -> dict:
-    return {"noise_multiplier": 1.0, "target_epsilon": None, "max_grad_norm": 1.0,
-            "delta": 1e-5, "accountant": "rdp", "epsilon_budget": None,
-            "insecure_reproducible_noise": False, **dp}
+def dp_settings(**dp) -> DPSettings:
+    base = dict(noise_multiplier=1.0, target_epsilon=None, max_grad_norm=1.0, delta=1e-5,
+                accountant="rdp", epsilon_budget=None, insecure_reproducible_noise=False)
+    return DPSettings(**(base | dp))
 
 
 def settings(*, rounds=3, batch_size=16, lr=1.0, seed=42, **dp) -> dict:
-    return {"model": SPEC.to_dict(), "dataset": "digits", "local_epochs": 1,
-            "batch_size": batch_size, "lr": lr, "device": "cpu", "seed": seed,
-            "val_fraction": 0.1, "rounds": rounds, "fraction": 1.0,
-            "dp": dp_settings(**dp), "he": None}
+    """An honest server's settings as the JSON object it sends (an attack edits it)."""
+    honest = ClientSettings(model=SPEC, dataset="digits", local_epochs=1,
+                            batch_size=batch_size, lr=lr, device="cpu", seed=seed,
+                            val_fraction=0.1, rounds=rounds, fraction=1.0,
+                            dp=dp_settings(**dp))
+    return json.loads(honest.encode())
 
 
 def store(folder: Path, x: np.ndarray, y: np.ndarray) -> Path:

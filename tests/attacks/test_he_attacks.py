@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -37,6 +38,7 @@ from fedsim.server.aggregate import Accumulator
 from fedsim.server.federation import Federation
 from fedsim.server.he_codec import HECodec
 from fedsim.server.strategies.fedavg import FedsimFedAvg
+from fedsim.settings import ClientSettings, HESettings
 from tests.attacks import wire
 
 PASS = "attack test passphrase"
@@ -44,7 +46,6 @@ SPEC = ModelSpec(name="attack-linear", input_shape=(1, 8, 8), num_classes=10)
 SEED = 5
 CLIENTS = 4
 RUN = "sim-attacks"
-SETTINGS = {"model": SPEC.to_dict(), "seed": SEED}
 WEIGHTS = {0: 10.0, 1: 20.0, 2: 30.0}
 
 
@@ -130,7 +131,7 @@ def open_global(ks, record: ArrayRecord, server_round: int, stage: str = "train"
     """What a client does with a global: verify, decrypt (raises TagError if refused)."""
     he_step._DECRYPTED.clear()
     return he_step.global_state(record, build_model(SPEC), session(ks, **changes),
-                                settings=SETTINGS, server_round=server_round, stage=stage)
+                                spec=SPEC, seed=SEED, server_round=server_round, stage=stage)
 
 
 def plain_initial() -> ArrayRecord:
@@ -146,7 +147,7 @@ def honest_round(ks, cids=(0, 1, 2), server_round: int = 1, global_record=None):
     replies = []
     for cid in cids:
         sess = session(ks)
-        he_step.global_state(global_record, build_model(SPEC), sess, settings=SETTINGS,
+        he_step.global_state(global_record, build_model(SPEC), sess, spec=SPEC, seed=SEED,
                              server_round=server_round, stage="train")
         reply = train_reply(ks, cid, server_round, sess)
         replies.append(reply)
@@ -277,7 +278,7 @@ def test_attack_per_client_divergent_global_cannot_be_summed(keyset, round1):
     replies = []
     for cid, record in ((0, round1.record), (1, other)):
         sess = session(keyset)
-        he_step.global_state(record, build_model(SPEC), sess, settings=SETTINGS,
+        he_step.global_state(record, build_model(SPEC), sess, spec=SPEC, seed=SEED,
                              server_round=2, stage="train")
         replies.append(train_reply(keyset, cid, 2, sess))
     acc = Accumulator()
@@ -528,8 +529,8 @@ def test_attack_server_sent_key_paths_are_never_opened_by_a_site(
         keyset, hostile_paths, monkeypatch, tmp_path):
     monkeypatch.setenv(keys.PASSPHRASE_ENV, PASS)
     site_key = str(keyset.folder / "client.key")
-    sent = {"key_path": hostile_paths.zero, "passphrase_file": hostile_paths.fifo,
-            "fingerprint": keyset.fp, "run_id": RUN, "clients": CLIENTS}
+    sent = HESettings(key_path=hostile_paths.zero, passphrase_file=hostile_paths.fifo,
+                      fingerprint=keyset.fp, run_id=RUN, clients=CLIENTS)
     node = {"he-key": site_key, "site-journal": str(tmp_path / "journal.jsonl")}
     box = _in_thread(lambda: he_step.session_for(sent, _context(**node), "/srv/data"))
     assert "error" not in box, box.get("error")
@@ -545,8 +546,8 @@ def test_attack_simulation_refuses_paths_outside_its_run_folder(
     run = tmp_path / "run"
     (run / "data").mkdir(parents=True)
     target = getattr(hostile_paths, which)
-    sent = {"key_path": target, "passphrase_file": target, "fingerprint": keyset.fp,
-            "run_id": RUN, "clients": CLIENTS}
+    sent = HESettings(key_path=target, passphrase_file=target, fingerprint=keyset.fp,
+                      run_id=RUN, clients=CLIENTS)
     box = _in_thread(lambda: he_step.session_for(sent, _context(), str(run / "data")))
     assert isinstance(box.get("error"), he_step.SiteKeyError)
     assert "refused unopened" in str(box["error"])
@@ -561,9 +562,9 @@ def test_attack_fifo_inside_the_run_folder_cannot_hang_the_client(keyset, tmp_pa
     os.chmod(run / "he", 0o700)
     (run / "he" / "client.key").write_bytes((keyset.folder / "client.key").read_bytes())
     os.mkfifo(run / "he" / "passphrase")
-    sent = {"key_path": str(run / "he" / "client.key"),
-            "passphrase_file": str(run / "he" / "passphrase"), "fingerprint": keyset.fp,
-            "run_id": RUN, "clients": CLIENTS}
+    sent = HESettings(key_path=str(run / "he" / "client.key"),
+                      passphrase_file=str(run / "he" / "passphrase"), fingerprint=keyset.fp,
+                      run_id=RUN, clients=CLIENTS)
     box = _in_thread(lambda: he_step.session_for(sent, _context(), str(run / "data")))
     assert isinstance(box.get("error"), he_step.SiteKeyError)
     assert "details in the site's log" in str(box["error"])  # nothing for the server
@@ -574,13 +575,13 @@ def test_attack_wrong_fingerprint_is_refused_before_decryption(keyset, monkeypat
     monkeypatch.setenv(keys.PASSPHRASE_ENV, PASS)
     he_step._load.cache_clear()
     site_key = str(keyset.folder / "client.key")
-    sent = {"fingerprint": "0" * 64, "run_id": RUN, "clients": CLIENTS}
+    sent = HESettings(fingerprint="0" * 64, run_id=RUN, clients=CLIENTS)
     with pytest.raises(he_step.SiteKeyError, match="nothing was decrypted"):
         he_step.session_for(sent, _context(**{"he-key": site_key}), None)
     # A site that pins its key set refuses a key file of another set.
     pinned = _context(**{"he-key": site_key, "he-fingerprint": "ab" * 32})
     with pytest.raises(he_step.SiteKeyError, match="KeyFileError"):
-        he_step.session_for(sent | {"fingerprint": keyset.fp}, pinned, None)
+        he_step.session_for(replace(sent, fingerprint=keyset.fp), pinned, None)
     he_step._load.cache_clear()
 
 
@@ -650,7 +651,7 @@ def test_attack_huge_announced_federation_is_refused(keyset, monkeypatch):
     # A layout of 10^9 presence slots would take the client 8 GB per vector.
     monkeypatch.setenv(keys.PASSPHRASE_ENV, PASS)
     he_step._load.cache_clear()
-    sent = {"fingerprint": keyset.fp, "run_id": RUN, "clients": 10**9}
+    sent = HESettings(fingerprint=keyset.fp, run_id=RUN, clients=10**9)
     node = _context(**{"he-key": str(keyset.folder / "client.key")})
     with pytest.raises(he_step.SiteKeyError, match="at most 100000"):
         he_step.session_for(sent, node, None)
@@ -682,10 +683,11 @@ def site(keyset, tmp_path):
     def send(record, server_round, *, stage="evaluate", cid=0, context=None, run=RUN,
              clients=CLIENTS, flower_run=1, **extra):
         he_step._DECRYPTED.clear()
-        settings = {**SETTINGS, "dataset": "x", "local_epochs": 1, "batch_size": 8,
-                    "lr": 0.1, "device": "cpu", "rounds": 3, "fraction": 1.0, "dp": None,
-                    "he": {"fingerprint": keyset.fp, "run_id": run, "clients": clients}}
-        cfg = ConfigRecord({protocol.SETTINGS: protocol.encode_settings(settings),
+        settings = ClientSettings(
+            model=SPEC, seed=SEED, dataset="x", local_epochs=1, batch_size=8, lr=0.1,
+            device="cpu", val_fraction=0.1, rounds=3, fraction=1.0,
+            he=HESettings(fingerprint=keyset.fp, run_id=run, clients=clients))
+        cfg = ConfigRecord({protocol.SETTINGS: settings.encode(),
                             protocol.ROUND: server_round,
                             protocol.DATA_DIR: str(tmp_path / "no-data")})
         kind = MessageType.EVALUATE if stage == "evaluate" else MessageType.TRAIN
@@ -856,7 +858,7 @@ def test_attack_copied_reply_and_borrowed_client_id_are_rejected(keyset, round1,
         protocol.METRICS: MetricRecord({protocol.CLIENT_ID: 3, protocol.NUM_EXAMPLES: 10.0,
                                         protocol.TRAIN_LOSS: 1.0})}), node=103)
     sess = session(keyset)
-    he_step.global_state(plain_initial(), build_model(SPEC), sess, settings=SETTINGS,
+    he_step.global_state(plain_initial(), build_model(SPEC), sess, spec=SPEC, seed=SEED,
                          server_round=1, stage="train")
     borrowed = train_reply(keyset, 2, 1, sess)
     borrowed = as_reply(borrowed.content, node=103)  # says client 2, sent by node 103

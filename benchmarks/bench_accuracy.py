@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedsim.client.training import evaluate, seeded_generator, train_epochs
 from fedsim.config import RunConfig, build_config
 from fedsim.fedmodels.models import build_model, count_parameters
 from fedsim.fedmodels.store import open_store
+from fedsim.fedmodels.training import evaluate, seeded_generator, train_epochs
 from fedsim.simulations.runner import PreparedRun, simulate, start_run
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -24,10 +24,10 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
 
-from fedsim.client.training import evaluate, seeded_generator, train_epochs
 from fedsim.config import build_config
 from fedsim.fedmodels.models import ModelSpec, build_model
 from fedsim.fedmodels.store import open_store
+from fedsim.fedmodels.training import evaluate, seeded_generator, train_epochs
 from fedsim.simulations.runner import backend_config, quiet_logs, simulate, start_run
 
 stock_client = ClientApp()

@@ -17,8 +17,8 @@ from fedsim import protocol
 from fedsim.client.local_data import client_data, message_settings, train_size
 from fedsim.client.pipeline import Job, Steps, steps_for
 from fedsim.client.policy import make_site_guard
-from fedsim.client.training import evaluate
 from fedsim.fedmodels.models import build_model
+from fedsim.fedmodels.training import evaluate
 
 # The site guard refuses runs that break the site's policy before any training, and
 # turns site errors (missing data, bad key files, malformed settings) into one-line

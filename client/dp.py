@@ -36,8 +36,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedsim.client.dp_random import DPRandomness
-from fedsim.client.training import host_tensor
 from fedsim.errors import ConfigError
+from fedsim.fedmodels.training import host_tensor
 from fedsim.privacy.accounting import drop_opacus_log_handler
 
 drop_opacus_log_handler()  # imported above: each Flower log line would print twice

@@ -37,15 +37,13 @@ import torch
 from flwr.app import Context, Message
 
 from fedsim import protocol
+from fedsim.client.dp_noise import client_delta, noise_for
 from fedsim.errors import ConfigError, FedsimError
 from fedsim.privacy.accounting import (
     RUN_ACCOUNTANTS,
     STEPS_MAX,
-    calibrate_noise,
     check_history,
-    default_delta,
     epsilon,
-    participation_cap,
     sample_rate,
     steps_per_participation,
     would_exceed,
@@ -305,11 +303,6 @@ def merge_histories(own: list[Entry], server: list[Entry]) -> list[Entry]:
 # ---------------------------------------------------------------- noise and budget
 
 
-def client_delta(dp: DPSettings, n: int) -> float:
-    """The run's delta, or the default below 1/n for this client's data size."""
-    return dp.delta if dp.delta is not None else default_delta(n)
-
-
 @dataclass(frozen=True, kw_only=True)
 class SiteTerms:
     """The DP terms a site holds itself to in one run: only ever tightened.
@@ -356,36 +349,6 @@ def site_terms(dp: DPSettings, *, n: int, records: list[LedgerRecord],
         delta=min([delta, *(r.delta for r in records if 0 < r.delta < 1)]),
         accountant=pinned[0] if pinned else accountant,
         budget=min(caps) if caps else None)
-
-
-def noise_for(dp: DPSettings, *, n: int, batch_size: int, local_epochs: int,
-              rounds: int) -> float:
-    """The noise multiplier: given, or calibrated for the worst case.
-
-    The worst case is a client that trains in as many rounds as the server lets it
-    (`participation_cap`: every round, or --max-participations): calibrated for
-    that, no client's epsilon passes the target however sampling falls.
-    """
-    if dp.noise_multiplier is not None:
-        return dp.noise_multiplier
-    if dp.target_epsilon is None:
-        raise FedsimError("the run gives neither a noise multiplier nor a target "
-                          "epsilon; this site does not train without one")
-    steps = steps_per_participation(n, batch_size, local_epochs)
-    total = steps * participation_cap(rounds, dp.max_participations)
-    if total > STEPS_MAX:
-        raise FedsimError(f"the run asks to calibrate noise for {total:,} DP steps; "
-                          f"this site accounts at most {STEPS_MAX:,}")
-    return _calibrated(dp.target_epsilon, client_delta(dp, n),
-                       sample_rate(n, batch_size), total, dp.accountant)
-
-
-@functools.lru_cache(maxsize=256)
-def _calibrated(target: float, delta: float, rate: float, steps: int, accountant: str
-                ) -> float:
-    """Calibration is a pure (and slow) search: one per worker and setting."""
-    return calibrate_noise(target_epsilon=target, delta=delta, sample_rate=rate,
-                           steps=steps, accountant=accountant)
 
 
 def policy_cap(context: Context) -> float | None:

@@ -26,7 +26,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 
 from fedsim import protocol
-from fedsim.client.training import resolve_device, seeded_generator, train_epochs
+from fedsim.fedmodels.training import resolve_device, seeded_generator, train_epochs
 from fedsim.settings import ClientSettings
 
 Record = ArrayRecord | ConfigRecord

@@ -200,7 +200,7 @@ def static_violations(policy: SitePolicy, run: RunFacts) -> list[str]:
 
 def worst_case_epsilon(run: RunFacts, *, n: int) -> float:
     """The epsilon this site would spend training in every round the run allows it."""
-    from fedsim.client.dp_step import client_delta, noise_for
+    from fedsim.client.dp_noise import client_delta, noise_for
     from fedsim.privacy.accounting import (
         epsilon,
         participation_cap,
@@ -226,7 +226,7 @@ def dp_violations(policy: SitePolicy, run: RunFacts, *, n: int) -> list[str]:
     """
     if run.dp is None:
         return []
-    from fedsim.client.dp_step import client_delta
+    from fedsim.client.dp_noise import client_delta
 
     found = []
     delta = client_delta(run.dp, n)

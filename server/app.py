@@ -12,11 +12,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from fedsim import protocol
-from fedsim.client.training import evaluate, resolve_device
 from fedsim.config import RunConfig
 from fedsim.errors import RunInterrupted
 from fedsim.fedmodels.models import ModelSpec, build_model
 from fedsim.fedmodels.store import open_store
+from fedsim.fedmodels.training import evaluate, resolve_device
 from fedsim.protocol import is_encrypted
 from fedsim.server.codecs import PlainCodec
 from fedsim.server.federation import discover

@@ -7,9 +7,9 @@ from torch.nn import functional as F
 
 from fedsim.client.dp import DPTrainResult, train_dp, validate_model
 from fedsim.client.dp_random import DPRandomness
-from fedsim.client.training import evaluate
 from fedsim.errors import ConfigError
 from fedsim.fedmodels.models import FedAvgCNN, ModelSpec, build_model, model_names
+from fedsim.fedmodels.training import evaluate
 from fedsim.privacy import accounting
 
 CPU = torch.device("cpu")

@@ -19,7 +19,7 @@ def _noise_warning(console: Console, cfg, started) -> None:
     import json
     import statistics
 
-    from fedsim.client.dp_step import noise_for
+    from fedsim.client.dp_noise import noise_for
     from fedsim.privacy.accounting import noise_warning
     from fedsim.settings import DPSettings
 

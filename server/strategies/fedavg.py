@@ -130,6 +130,10 @@ class FedsimFedAvg(FedAvg):
         log.info("late reply from client %s (after its round closed); not used",
                  self._client_of(msg))
 
+    def settings_for_clients(self, settings: dict) -> dict:
+        """The training settings every client receives (a strategy may set its own)."""
+        return settings
+
     def eligible_evaluators(self, server_round: int) -> list[int] | None:
         """Clients that may be sampled to evaluate (None: all)."""
         return None

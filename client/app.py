@@ -17,6 +17,7 @@ from fedsim.client.local_data import client_data, train_size
 from fedsim.client.policy import make_site_guard
 from fedsim.client.training import (
     evaluate,
+    proximal_mu,
     resolve_device,
     seeded_generator,
     train_epochs,
@@ -101,7 +102,7 @@ def _local_training(model, x, y, settings, context, msg, cid):
         return result, outcome.metrics
     result = train_epochs(model, x, y, epochs=int(settings["local_epochs"]),
                           batch_size=int(settings["batch_size"]), lr=float(settings["lr"]),
-                          device=device,
+                          device=device, proximal_mu=proximal_mu(settings),
                           generator=seeded_generator(int(settings["seed"]), server_round, cid))
     return result, {}
 

@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedsim.client.dp_random import DPRandomness
-from fedsim.client.training import host_tensor
+from fedsim.client.training import ProximalTerm, host_tensor
 from fedsim.errors import ConfigError
 from fedsim.privacy.accounting import drop_opacus_log_handler
 
@@ -192,6 +192,17 @@ def _replace_noise(optimizer, randomness: DPRandomness) -> None:
     optimizer.add_noise = add_noise
 
 
+def _add_proximal(optimizer, proximal: ProximalTerm) -> None:
+    """Add FedProx's proximal gradient to the noisy, scaled gradient of each step."""
+    scale_grad = optimizer.scale_grad
+
+    def scale_then_pull() -> None:
+        scale_grad()
+        proximal.add_gradient()
+
+    optimizer.scale_grad = scale_then_pull
+
+
 class PrivateTraining:
     """Opacus' private module, optimizer, criterion and Poisson loader for one pass.
 
@@ -212,6 +223,7 @@ class PrivateTraining:
         device: torch.device,
         randomness: DPRandomness,
         grad_sample_mode: GradSampleMode = "ghost",
+        proximal_mu: float = 0.0,
     ) -> None:
         self.model = model
         self.device = device
@@ -239,6 +251,8 @@ class PrivateTraining:
         # (what its accountant hook records), replace both sources of randomness.
         self.loader = PoissonBatches(dataset, float(opacus_loader.sample_rate), randomness)
         _replace_noise(self.optimizer, randomness)
+        if proximal_mu > 0:
+            _add_proximal(self.optimizer, ProximalTerm(model, proximal_mu))
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor) -> float | None:
         """One DP-SGD step on a batch; its mean loss (None for an empty batch).
@@ -361,6 +375,7 @@ def train_dp(
     device: torch.device,
     randomness: DPRandomness,
     grad_sample_mode: GradSampleMode = "ghost",
+    proximal_mu: float = 0.0,
 ) -> DPTrainResult:
     """DP-SGD over (x, y) for `epochs` Poisson epochs; `model` is trained in place.
 
@@ -381,6 +396,7 @@ def train_dp(
     settings = dict(
         batch_size=batch_size, lr=lr, noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm, device=device, randomness=randomness,
+        proximal_mu=proximal_mu,
     )
     if grad_sample_mode != "ghost":
         return _train(model, dataset, epochs, grad_sample_mode, settings)

@@ -456,6 +456,7 @@ def dp_train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, *, msg: Messa
     is sent): a reply the server never sees, or refuses, still counts here.
     """
     from fedsim.client.dp import train_dp
+    from fedsim.client.training import proximal_mu
 
     refuse_insecure_noise(msg, context, settings)
     config = msg.content[protocol.CONFIG]
@@ -493,7 +494,7 @@ def dp_train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, *, msg: Messa
         result = train_dp(model, x, y, epochs=settings["local_epochs"],
                           batch_size=settings["batch_size"], lr=settings["lr"],
                           noise_multiplier=noise, max_grad_norm=clip,
-                          device=device,
+                          device=device, proximal_mu=proximal_mu(settings),
                           randomness=dp_randomness(settings, server_round=server_round,
                                                    client_id=client_id))
         step = (noise, result.sample_rate, result.steps)

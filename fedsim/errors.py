@@ -23,6 +23,10 @@ class DatasetError(FedsimError):
     exit_code = 2
 
 
+class BadMessage(FedsimError):
+    """A message from the other side breaks the protocol (e.g. a setting out of range)."""
+
+
 class RunAborted(FedsimError):
     """A run stopped before its last round (too few clients replied, ...)."""
 

@@ -73,6 +73,7 @@ def client_settings(plan: ServerPlan) -> dict:
         "run_id": plan.run_id,
         "rounds": cfg.rounds,
         "fraction": cfg.fraction,
+        "proximal_mu": 0.0,  # FedProx's weight (its strategy sets it); 0: none
         "dp": None,
         "he": None,
     }

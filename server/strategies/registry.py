@@ -21,6 +21,7 @@ from fedsim.options import Option
 
 _MODULES = {
     "fedavg": "fedsim.server.strategies.fedavg",
+    "fedprox": "fedsim.server.strategies.fedprox",
 }
 
 

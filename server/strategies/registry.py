@@ -22,6 +22,7 @@ from fedsim.options import Option
 _MODULES = {
     "fedavg": "fedsim.server.strategies.fedavg",
     "fedprox": "fedsim.server.strategies.fedprox",
+    "fedavgm": "fedsim.server.strategies.fedavgm",
 }
 
 

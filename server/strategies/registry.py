@@ -23,6 +23,7 @@ _MODULES = {
     "fedavg": "fedsim.server.strategies.fedavg",
     "fedprox": "fedsim.server.strategies.fedprox",
     "fedavgm": "fedsim.server.strategies.fedavgm",
+    "fedadam": "fedsim.server.strategies.fedadam",
 }
 
 

@@ -24,6 +24,7 @@ _MODULES = {
     "fedprox": "fedsim.server.strategies.fedprox",
     "fedavgm": "fedsim.server.strategies.fedavgm",
     "fedadam": "fedsim.server.strategies.fedadam",
+    "fedyogi": "fedsim.server.strategies.fedyogi",
 }
 
 

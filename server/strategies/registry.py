@@ -25,6 +25,7 @@ _MODULES = {
     "fedavgm": "fedsim.server.strategies.fedavgm",
     "fedadam": "fedsim.server.strategies.fedadam",
     "fedyogi": "fedsim.server.strategies.fedyogi",
+    "fedadagrad": "fedsim.server.strategies.fedadagrad",
 }
 
 

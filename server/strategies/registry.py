@@ -26,6 +26,7 @@ _MODULES = {
     "fedadam": "fedsim.server.strategies.fedadam",
     "fedyogi": "fedsim.server.strategies.fedyogi",
     "fedadagrad": "fedsim.server.strategies.fedadagrad",
+    "fedmedian": "fedsim.server.strategies.fedmedian",
 }
 
 

@@ -27,6 +27,7 @@ _MODULES = {
     "fedyogi": "fedsim.server.strategies.fedyogi",
     "fedadagrad": "fedsim.server.strategies.fedadagrad",
     "fedmedian": "fedsim.server.strategies.fedmedian",
+    "fedtrimmedavg": "fedsim.server.strategies.fedtrimmedavg",
 }
 
 

@@ -28,6 +28,7 @@ _MODULES = {
     "fedadagrad": "fedsim.server.strategies.fedadagrad",
     "fedmedian": "fedsim.server.strategies.fedmedian",
     "fedtrimmedavg": "fedsim.server.strategies.fedtrimmedavg",
+    "krum": "fedsim.server.strategies.krum",
 }
 
 

@@ -39,18 +39,24 @@ def byzantine_option(owner: str) -> Option:
                        "needs more than 2f + 2 updates.")
 
 
-def check_byzantine(cfg: Mapping[str, Any], options: Mapping[str, Any]) -> list[str]:
+def clients_per_round(cfg: Mapping[str, Any]) -> int | None:
+    """As RunConfig.clients_per_round, on raw values (None: they are not numbers yet)."""
+    clients, fraction = cfg.get("clients"), cfg.get("fraction")
+    if not (isinstance(clients, int) and isinstance(fraction, int | float)):
+        return None  # reported by the run config's own checks
+    return max(1, int(round(fraction * clients)))
+
+
+def check_byzantine(cfg: Mapping[str, Any], options: Mapping[str, Any], *,
+                    minimum=krum_minimum, rule: str = "n > 2f + 2") -> list[str]:
     """The byzantine count is >= 0 and the clients sampled per round are enough."""
     f = options["byzantine"]
     if f < 0:
         return [f"--byzantine must be >= 0, got {f}"]
-    clients, fraction = cfg.get("clients"), cfg.get("fraction")
-    if not (isinstance(clients, int) and isinstance(fraction, int | float)):
-        return []  # reported by the run config's own checks
-    per_round = max(1, int(round(fraction * clients)))
-    if per_round < krum_minimum(f):
+    per_round = clients_per_round(cfg)
+    if per_round is not None and per_round < minimum(f):
         return [f"--strategy {cfg['strategy']} with --byzantine {f} needs at least "
-                f"{krum_minimum(f)} clients per round (n > 2f + 2); this run samples "
+                f"{minimum(f)} clients per round ({rule}); this run samples "
                 f"{per_round}"]
     return []
 

@@ -29,6 +29,7 @@ _MODULES = {
     "fedmedian": "fedsim.server.strategies.fedmedian",
     "fedtrimmedavg": "fedsim.server.strategies.fedtrimmedavg",
     "krum": "fedsim.server.strategies.krum",
+    "multikrum": "fedsim.server.strategies.multikrum",
 }
 
 

@@ -1,8 +1,9 @@
 """Robust aggregation rules over whole client updates: pure numpy, no Flower types.
 
 Unlike FedAvg these need every client's update, not a sum: the coordinate-wise
-median, the trimmed mean (Yin et al. 2018) and Krum / Multi-Krum (Blanchard et al.
-2017). An update is a list of arrays (one per layer), all of the same layout.
+median, the trimmed mean (Yin et al. 2018), Krum / Multi-Krum (Blanchard et al. 2017)
+and Bulyan (El Mhamdi et al. 2018). An update is a list of arrays (one per layer),
+all of the same layout.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from flwr.serverapp.strategy.bulyan import aggregate_n_closest_weights
 from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 
 Update = Sequence[np.ndarray]
@@ -67,3 +69,24 @@ def multi_krum(updates: Sequence[Update], weights: Sequence[float], *, byzantine
 def krum_minimum(byzantine: int) -> int:
     """The fewest updates Krum is defined for with f Byzantine ones: n > 2f + 2."""
     return 2 * byzantine + 3
+
+
+def bulyan(updates: Sequence[Update], *, byzantine: int) -> list[np.ndarray]:
+    """Bulyan: the n - 2f best Krum scores, then per coordinate a mean near the median.
+
+    Per coordinate, the n - 4f kept values nearest their median are averaged
+    (Flower's selection and averaging).
+    """
+    n = len(updates)
+    if n < bulyan_minimum(byzantine):
+        raise ValueError(f"Bulyan with f={byzantine} needs {bulyan_minimum(byzantine)} "
+                         f"updates, got {n}")
+    chosen = np.argsort(krum_scores(updates, byzantine), kind="stable")[:n - 2 * byzantine]
+    kept = [[np.asarray(a, dtype=np.float64) for a in updates[i]] for i in chosen]
+    median = coordinate_median(kept)
+    return aggregate_n_closest_weights(median, kept, n - 4 * byzantine)
+
+
+def bulyan_minimum(byzantine: int) -> int:
+    """The fewest updates Bulyan is defined for with f Byzantine ones: n >= 4f + 3."""
+    return 4 * byzantine + 3

@@ -54,3 +54,17 @@ def test_multi_krum_averages_the_kept_updates_by_weight():
     ups = [[np.array([0.0])], [np.array([1.0])], [np.array([50.0])]]
     result = multi_krum(ups, [1.0, 3.0, 1.0], byzantine=0, keep=2)[0]
     assert result[0] == 0.75
+
+
+def test_bulyan_ignores_f_outliers_and_needs_4f_plus_3():
+    import pytest
+
+    from fedsim.server.robust import bulyan
+
+    rng = np.random.default_rng(1)
+    honest = [[rng.normal(1.0, 0.05, 4)] for _ in range(6)]
+    ups = honest + [[np.full(4, -500.0)]]
+    result = bulyan(ups, byzantine=1)[0]
+    assert np.all(np.abs(result - 1.0) < 0.2)
+    with pytest.raises(ValueError, match="needs 7 updates"):
+        bulyan(ups[:6], byzantine=1)

@@ -30,6 +30,7 @@ _MODULES = {
     "fedtrimmedavg": "fedsim.server.strategies.fedtrimmedavg",
     "krum": "fedsim.server.strategies.krum",
     "multikrum": "fedsim.server.strategies.multikrum",
+    "bulyan": "fedsim.server.strategies.bulyan",
 }
 
 

@@ -60,3 +60,9 @@ def test_under_dp_the_ledger_records_each_update_as_under_fedavg(tmp_path):
 def test_bad_options_and_he_are_refused(values, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)):
         build_config(values)
+
+
+def test_a_resumed_run_says_its_momentum_starts_afresh(caplog):
+    caplog.set_level("WARNING", logger="fedsim")
+    build("fedavgm", clients=2, round_offset=3)
+    assert "resumed after round 3" in caplog.text

@@ -31,6 +31,7 @@ class FedsimFedAvgM(FedAvgM, FedsimFedAvg):
         self.server_opt = momentum != 0.0 or server_lr != 1.0
         self.current_arrays = None
         self.momentum_vector = None
+        server_opt.warn_on_resume(self)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:

@@ -12,6 +12,7 @@ Their state (momentum, moments) lives in memory: a resumed run starts it afresh.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +21,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord
 
 from fedsim.options import Option
+
+log = logging.getLogger("fedsim.server")
 
 REFUSES_HE = ("the server applies its optimizer step to the averaged update, which "
               "--secure-agg he hides from the server")
@@ -80,3 +83,11 @@ def fedopt_state(strategy: Any, *, eta: float, beta_1: float, beta_2: float,
     strategy.eta_l = float("nan")  # the clients' --lr; Flower's step does not use it
     strategy.beta_1, strategy.beta_2 = beta_1, beta_2
     strategy.m_t = strategy.v_t = None
+    warn_on_resume(strategy)
+
+
+def warn_on_resume(strategy: Any) -> None:
+    """A resumed run's server optimizer starts with no momentum or moments: say so."""
+    if strategy.round_offset:
+        log.warning("resumed after round %d: the server optimizer's state (momentum, "
+                    "moments) is not checkpointed and starts afresh", strategy.round_offset)

@@ -42,8 +42,8 @@ def squared_distances(updates: Sequence[Update]) -> np.ndarray:
     """The n x n matrix of squared L2 distances between whole updates."""
     flat = np.stack([np.concatenate([np.ravel(np.asarray(a, dtype=np.float64))
                                      for a in u]) for u in updates])
-    diff = flat[:, None, :] - flat[None, :, :]
-    return np.einsum("ijk,ijk->ij", diff, diff)
+    # one row at a time: an n x n x d difference tensor would not fit for real models
+    return np.stack([np.square(flat - row).sum(axis=1) for row in flat])
 
 
 def krum_scores(updates: Sequence[Update], byzantine: int) -> np.ndarray:

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fedsim.client.dp_random import DPRandomness
 from fedsim.errors import ConfigError
-from fedsim.fedmodels.training import host_tensor
+from fedsim.fedmodels.training import ProximalTerm, host_tensor
 from fedsim.privacy.accounting import drop_opacus_log_handler
 
 drop_opacus_log_handler()  # imported above: each Flower log line would print twice
@@ -125,6 +125,7 @@ class DPSGD:
     lr: float
     noise_multiplier: float
     max_grad_norm: float
+    proximal_mu: float = 0.0  # FedProx: its gradient added after clipping and noise
 
 
 def _check_args(n: int, *, epochs: int, sgd: DPSGD, grad_sample_mode: str) -> list[str]:
@@ -199,6 +200,17 @@ def _replace_noise(optimizer, randomness: DPRandomness) -> None:
     optimizer.add_noise = add_noise
 
 
+def _add_proximal(optimizer, proximal: ProximalTerm) -> None:
+    """Add FedProx's proximal gradient to the noisy, scaled gradient of each step."""
+    scale_grad = optimizer.scale_grad
+
+    def scale_then_pull() -> None:
+        scale_grad()
+        proximal.add_gradient()
+
+    optimizer.scale_grad = scale_then_pull
+
+
 class PrivateTraining:
     """Opacus' private module, optimizer, criterion and Poisson loader for one pass.
 
@@ -236,6 +248,8 @@ class PrivateTraining:
         # (what its accountant hook records), replace both sources of randomness.
         self.loader = PoissonBatches(dataset, float(opacus_loader.sample_rate), randomness)
         _replace_noise(self.optimizer, randomness)
+        if sgd.proximal_mu > 0:
+            _add_proximal(self.optimizer, ProximalTerm(model, sgd.proximal_mu))
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor) -> float | None:
         """One DP-SGD step on a batch; its mean loss (None for an empty batch).
@@ -355,6 +369,7 @@ def train_dp(
     device: torch.device,
     randomness: DPRandomness,
     grad_sample_mode: GradSampleMode = "ghost",
+    proximal_mu: float = 0.0,
 ) -> DPTrainResult:
     """DP-SGD over (x, y) for `epochs` Poisson epochs; `model` is trained in place.
 
@@ -363,7 +378,7 @@ def train_dp(
     ConfigError for bad arguments or a model Opacus cannot train privately.
     """
     sgd = DPSGD(batch_size=batch_size, lr=lr, noise_multiplier=noise_multiplier,
-                max_grad_norm=max_grad_norm)
+                max_grad_norm=max_grad_norm, proximal_mu=proximal_mu)
     problems = _check_args(len(y), epochs=epochs, sgd=sgd, grad_sample_mode=grad_sample_mode)
     if problems:
         raise ConfigError(problems)

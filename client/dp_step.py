@@ -439,7 +439,7 @@ def dp_train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, *, msg: Messa
         result = train_dp(model, x, y, epochs=local_epochs, batch_size=batch_size,
                           lr=settings.lr, noise_multiplier=noise,
                           max_grad_norm=dp.max_grad_norm,
-                          device=device,
+                          device=device, proximal_mu=settings.proximal_mu,
                           randomness=dp_randomness(settings, server_round=server_round,
                                                    client_id=client_id))
         step = (noise, result.sample_rate, result.steps)

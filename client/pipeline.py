@@ -101,7 +101,7 @@ class PlainTrainer:
         job, s = self.job, self.job.settings
         result = train_epochs(
             model, x, y, epochs=s.local_epochs, batch_size=s.batch_size, lr=s.lr,
-            device=job.device,
+            device=job.device, proximal_mu=s.proximal_mu,
             generator=seeded_generator(s.seed, job.server_round, job.client_id))
         return Trained(metrics={protocol.TRAIN_LOSS: result.loss}, update=True)
 

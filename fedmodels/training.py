@@ -36,6 +36,29 @@ def seeded_generator(*seed_parts: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+class ProximalTerm:
+    """FedProx's mu/2 * ||w - w_global||^2 (Li et al. 2020), as a gradient to add.
+
+    `w_global` is the model's state when this is made (the received global).
+    `add_gradient` adds mu * (w - w_global) to every parameter's gradient: the
+    term's own gradient, so the data loss (and the loss reported) is unchanged. In
+    DP-SGD it is added after clipping and noise: it depends on the current weights
+    and the global only, never on an example, so the privacy guarantee is unchanged.
+    """
+
+    def __init__(self, model: nn.Module, mu: float) -> None:
+        self.mu = mu
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.anchor = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def add_gradient(self) -> None:
+        """p.grad += mu * (p - p_global) for every trainable parameter."""
+        for p, anchor in zip(self.params, self.anchor, strict=True):
+            pull = self.mu * (p.detach() - anchor)
+            p.grad = pull if p.grad is None else p.grad + pull
+
+
 def _batches(n: int, batch_size: int, generator: torch.Generator):
     order = torch.randperm(n, generator=generator)
     for start in range(0, n, batch_size):
@@ -52,9 +75,14 @@ def train_epochs(
     lr: float,
     device: torch.device,
     generator: torch.Generator,
+    proximal_mu: float = 0.0,
 ) -> TrainResult:
-    """Minibatch SGD over (x, y) for `epochs` passes; returns the mean loss."""
+    """Minibatch SGD over (x, y) for `epochs` passes; returns the mean loss.
+
+    `proximal_mu` > 0 adds FedProx's proximal term around the starting weights.
+    """
     model.to(device).train()
+    proximal = ProximalTerm(model, proximal_mu) if proximal_mu > 0 else None
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     features = host_tensor(x).to(device)
     labels = host_tensor(y).to(device)
@@ -66,6 +94,8 @@ def train_epochs(
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(features[idx]), labels[idx])
             loss.backward()
+            if proximal is not None:
+                proximal.add_gradient()
             optimizer.step()
             total += float(loss.detach()) * len(idx)
             count += len(idx)

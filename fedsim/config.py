@@ -339,16 +339,16 @@ def build_config(values: dict[str, Any]) -> RunConfig:
 def _strategy_options(cfg: dict[str, Any], given: dict[str, Any], problems: list[str]
                       ) -> tuple[tuple[str, Any], ...]:
     """The chosen strategy's own options (defaults filled in), checked by it."""
-    from fedsim.server.strategies.registry import check_strategy, strategy_options
+    from fedsim.server.strategies.registry import check_strategy, options_of, owners
 
     chosen = cfg["strategy"]
     for name in given:
-        owner = next(o.owner for o in strategy_options() if o.name == name)
-        if owner != chosen:
-            problems.append(f"--{flag_name(name)} is an option of --strategy {owner}; "
-                            f"give --strategy {owner} or drop --{flag_name(name)}")
-    values = {o.name: given.get(o.name, o.default) for o in strategy_options()
-              if o.owner == chosen}
+        if chosen not in owners(name):
+            them = " or ".join(owners(name))
+            problems.append(f"--{flag_name(name)} is an option of --strategy {them}; "
+                            f"give --strategy {owners(name)[0]} or drop "
+                            f"--{flag_name(name)}")
+    values = {o.name: given.get(o.name, o.default) for o in options_of(chosen)}
     problems.extend(check_strategy(cfg, values))
     return tuple(sorted(values.items()))
 

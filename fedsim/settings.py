@@ -100,6 +100,7 @@ class ClientSettings:
     rounds: int
     fraction: float
     run_id: str | None = None  # the run's name in site ledgers (None: Flower's run id)
+    proximal_mu: float = 0.0  # FedProx's mu/2 * ||w - w_global||^2 weight; 0: none
     dp: DPSettings | None = None
     he: HESettings | None = None
 
@@ -114,6 +115,9 @@ class ClientSettings:
             found.append(f"fraction must be in (0, 1], got {self.fraction!r}")
         if not 0.0 < self.val_fraction < 1.0:
             found.append(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        if not 0.0 <= self.proximal_mu < math.inf:
+            found.append(f"proximal_mu must be a finite number >= 0, got "
+                         f"{self.proximal_mu!r}")
         found.extend(_model_problems(self.model))
         return found + (self.dp.problems() if self.dp is not None else [])
 

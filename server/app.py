@@ -1,4 +1,4 @@
-"""The fedsim ServerApp: handshake, then Flower's FedAvg round loop with our hooks."""
+"""The fedsim ServerApp: handshake, then the chosen strategy's round loop with our hooks."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from fedsim.server.codecs import PlainCodec
 from fedsim.server.federation import discover
 from fedsim.server.hooks import RoundListener
 from fedsim.server.strategies.fedavg import FedsimFedAvg
+from fedsim.server.strategies.registry import strategies
 from fedsim.server.streaming import StreamingGrid
 from fedsim.settings import ClientSettings, DPSettings, HESettings
 
@@ -156,23 +157,28 @@ def he_min_clients(plan: ServerPlan) -> int:
 
 
 def make_strategy(plan: ServerPlan, federation) -> FedsimFedAvg:
-    """FedAvg, with the DP ledger when DP is on, and the chosen payload codec."""
+    """The registered `--strategy`, with the DP ledger when DP is on, and the codec.
+
+    DP-SGD runs on the clients; the server's part (ledger, budgets, participation
+    caps) is `DPFedAvg`, composed with whichever strategy was chosen (`with_dp`).
+    """
     cfg = plan.config
+    strategy = strategies()[cfg.strategy].build
     common = {"federation": federation, "fraction": cfg.fraction,
               "fraction_evaluate": cfg.fraction, "codec": make_codec(plan),
-              "min_clients": he_min_clients(plan), "round_offset": plan.resume_round}
+              "min_clients": he_min_clients(plan), "round_offset": plan.resume_round,
+              **dict(cfg.strategy_options)}
     if not cfg.dp:
-        return FedsimFedAvg(**common)
+        return strategy(**common)
     from fedsim.privacy.accounting import participation_cap
     from fedsim.privacy.ledger import PrivacyLedger
-    from fedsim.server.strategies.dp_fedavg import DPFedAvg
+    from fedsim.server.strategies.dp_fedavg import with_dp
 
-    return DPFedAvg(ledger=PrivacyLedger(plan.ledger_path), accountant=cfg.accountant,
-                    delta=cfg.delta, budget=cfg.epsilon_budget,
-                    max_participations=participation_cap(cfg.rounds,
-                                                         cfg.max_participations),
-                    run_id=plan.run_id, replay_identical=cfg.insecure_reproducible_noise,
-                    **common)
+    return with_dp(strategy)(
+        ledger=PrivacyLedger(plan.ledger_path), accountant=cfg.accountant,
+        delta=cfg.delta, budget=cfg.epsilon_budget,
+        max_participations=participation_cap(cfg.rounds, cfg.max_participations),
+        run_id=plan.run_id, replay_identical=cfg.insecure_reproducible_noise, **common)
 
 
 def run_server(grid: Grid, plan: ServerPlan, listener: RoundListener) -> None:
@@ -192,7 +198,8 @@ def run_server(grid: Grid, plan: ServerPlan, listener: RoundListener) -> None:
     readable = strategy.codec.readable
     evaluator = (CentralEvaluator(plan)
                  if plan.central_eval and plan.data_dir and readable else None)
-    config = ConfigRecord({protocol.SETTINGS: client_settings(plan).encode()})
+    settings = strategy.settings_for_clients(client_settings(plan))
+    config = ConfigRecord({protocol.SETTINGS: settings.encode()})
     if plan.data_dir:
         config[protocol.DATA_DIR] = plan.data_dir
     if plan.data_dir and plan.site_ledger_dir:  # simulated sites keep theirs here

@@ -240,3 +240,25 @@ def test_a_round_with_too_few_updates_is_not_counted_as_completed(tmp_path):
     summary = recorder.summary()
     assert summary["rounds_completed"] == 0  # as "stops with the model of round 0" says
     assert summary["client_updates"] == 2
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--strategy", "krum", "--secure-agg", "he"],
+     "--strategy krum cannot run with --secure-agg he: it needs each client's update"),
+    (["--strategy", "fedadam", "--secure-agg", "he"],
+     "--strategy fedadam cannot run with --secure-agg he"),
+    (["--mu", "0.1"], "--mu is an option of --strategy fedprox"),
+])
+def test_a_strategy_that_cannot_run_as_asked_is_one_line(args, needle, tmp_path,
+                                                         monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _cli(monkeypatch, capsys, "run", *args)
+    _one_line_error(code, err)
+    assert needle in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_strategies_command_runs_from_the_entry_point(monkeypatch, capsys):
+    code, out, _ = _cli(monkeypatch, capsys, "strategies")
+    assert code == 0
+    assert "krum" in out and "--byzantine" in out

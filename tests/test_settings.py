@@ -44,7 +44,8 @@ def test_the_wire_format_is_the_json_object_sent_so_far():
     data = json.loads(honest().encode())
     assert data["model"] == SPEC.to_dict()
     assert set(data) == {"model", "dataset", "local_epochs", "batch_size", "lr", "device",
-                         "seed", "val_fraction", "run_id", "rounds", "fraction", "dp", "he"}
+                         "seed", "val_fraction", "run_id", "rounds", "fraction", "dp", "he",
+                         "proximal_mu"}
     assert set(data["dp"]) == {"noise_multiplier", "target_epsilon", "max_grad_norm", "delta",
                                "accountant", "epsilon_budget", "max_participations",
                                "insecure_reproducible_noise"}

@@ -37,6 +37,11 @@ def _register_catalog() -> None:
     app.command("datasets", help=catalog.datasets.__doc__)(catalog.datasets)
 
 
+def _register_strategies() -> None:
+    from fedsim.cli import strategies
+    app.command("strategies", help=strategies.strategies.__doc__)(strategies.strategies)
+
+
 def _register_report() -> None:
     from fedsim.cli import report
     app.command("report", help=report.report.__doc__)(report.report)
@@ -50,7 +55,8 @@ def _group(name: str):
 
 
 COMMANDS = {"run": _register_run, "models": _register_catalog,
-            "datasets": _register_catalog, "report": _register_report,
+            "datasets": _register_catalog, "strategies": _register_strategies,
+            "report": _register_report,
             **{name: _group(name) for name in ("keys", "privacy", "certs", "deploy")}}
 
 

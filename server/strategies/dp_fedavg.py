@@ -25,6 +25,7 @@ import json
 import logging
 import statistics
 from collections.abc import Iterable
+from functools import cache
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
@@ -311,6 +312,24 @@ class DPFedAvg(FedsimFedAvg):
             "eps_median": statistics.median(values) if values else 0.0,
             "exhausted_clients": len(self.exhausted),
         }
+
+
+@cache
+def with_dp(strategy: type[FedsimFedAvg]) -> type[FedsimFedAvg]:
+    """`strategy` (a FedsimFedAvg subclass) with DPFedAvg's server side mixed in.
+
+    DPFedAvg works only through FedsimFedAvg's hooks (sampling, per-reply screening,
+    admission, late replies, round metrics), never through the aggregation itself,
+    so its ledger means the same whatever a strategy does with the admitted updates:
+    the clients' DP-SGD makes every update private, and aggregating, averaging or
+    selecting among them is post-processing.
+    """
+    if issubclass(strategy, DPFedAvg):
+        return strategy
+    if strategy is FedsimFedAvg:
+        return DPFedAvg
+    return type(f"DP{strategy.__name__}", (DPFedAvg, strategy),
+                {"__doc__": f"{strategy.__name__} with DPFedAvg's privacy ledger."})
 
 
 def _same_release(a: LedgerRecord, b: LedgerRecord) -> bool:

@@ -26,6 +26,7 @@ from fedsim.server.codecs import Codec, PlainCodec, Rejected
 from fedsim.server.federation import Federation
 from fedsim.server.replies import Verdict, check_metrics
 from fedsim.server.strategies.registry import StrategyInfo
+from fedsim.settings import ClientSettings
 
 log = logging.getLogger("fedsim.server")
 
@@ -129,6 +130,10 @@ class FedsimFedAvg(FedAvg):
         """A reply to an earlier round's message arrived after that round closed."""
         log.info("late reply from client %s (after its round closed); not used",
                  self._client_of(msg))
+
+    def settings_for_clients(self, settings: ClientSettings) -> ClientSettings:
+        """The training settings every client receives (a strategy may set its own)."""
+        return settings
 
     def eligible_evaluators(self, server_round: int) -> list[int] | None:
         """Clients that may be sampled to evaluate (None: all)."""

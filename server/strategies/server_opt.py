@@ -1,0 +1,93 @@
+"""What the server-side optimizers (FedAvgM, FedAdam, FedYogi, FedAdagrad) share.
+
+Each is Flower's class of that name over `FedsimFedAvg`: Flower's `aggregate_train`
+calls `super().aggregate_train`, which in the combined class is fedsim's streaming,
+checked FedAvg sum, and then applies its server step to that average. So they stay
+sum-based; but the server must read the average to step on it, which
+--secure-agg he hides from it. Under DP they are post-processing of the clients'
+private updates: the privacy ledger counts exactly as under FedAvg.
+
+Their state (momentum, moments) lives in memory: a resumed run starts it afresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
+
+from fedsim.options import Option
+
+log = logging.getLogger("fedsim.server")
+
+REFUSES_HE = ("the server applies its optimizer step to the averaged update, which "
+              "--secure-agg he hides from the server")
+
+
+def server_lr(owner: str, default: float) -> Option:
+    """The server's learning rate (Flower: `server_learning_rate` or `eta`)."""
+    return Option(name="server_lr", kind=float, default=default, owner=owner,
+                  help="Server-side learning rate of the optimizer step on the average.")
+
+
+def betas_and_tau(owner: str) -> tuple[Option, ...]:
+    """FedAdam's and FedYogi's beta_1, beta_2 and tau, at Flower's defaults."""
+    return (
+        Option(name="beta_1", kind=float, default=0.9, owner=owner,
+               help="First-moment (momentum) decay, in [0, 1)."),
+        Option(name="beta_2", kind=float, default=0.99, owner=owner,
+               help="Second-moment decay, in [0, 1)."),
+        tau(owner),
+    )
+
+
+def tau(owner: str) -> Option:
+    """The adaptivity constant added to the root of the second moment."""
+    return Option(name="tau", kind=float, default=1e-3, owner=owner,
+                  help="Adaptivity: added to the root of the second moment (> 0).")
+
+
+def check(cfg: Mapping[str, Any], options: Mapping[str, Any]) -> list[str]:
+    """Problems of whichever of server_lr, momentum, beta_1, beta_2, tau are given."""
+    problems = []
+    lr = options.get("server_lr")
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        problems.append(f"--server-lr must be a finite number > 0, got {lr}")
+    for name in ("momentum", "beta_1", "beta_2"):
+        value = options.get(name)
+        if value is not None and not 0 <= value < 1:
+            problems.append(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
+    value = options.get("tau")
+    if value is not None and not (math.isfinite(value) and value > 0):
+        problems.append(f"--tau must be a finite number > 0, got {value}")
+    return problems
+
+
+def cast_like(arrays: ArrayRecord | None, like: ArrayRecord | None) -> ArrayRecord | None:
+    """`arrays` in `like`'s dtypes (Flower's steps come back in float64)."""
+    if arrays is None or like is None:
+        return arrays
+    return ArrayRecord({k: Array(np.ascontiguousarray(
+        arrays[k].numpy().astype(like[k].numpy().dtype))) for k in like.keys()})
+
+
+def fedopt_state(strategy: Any, *, eta: float, beta_1: float, beta_2: float,
+                 tau: float) -> None:
+    """The state Flower's `FedOpt.__init__` sets (whose FedAvg arguments are not ours)."""
+    strategy.current_arrays = None
+    strategy.eta, strategy.tau = eta, tau
+    strategy.eta_l = float("nan")  # the clients' --lr; Flower's step does not use it
+    strategy.beta_1, strategy.beta_2 = beta_1, beta_2
+    strategy.m_t = strategy.v_t = None
+    warn_on_resume(strategy)
+
+
+def warn_on_resume(strategy: Any) -> None:
+    """A resumed run's server optimizer starts with no momentum or moments: say so."""
+    if strategy.round_offset:
+        log.warning("resumed after round %d: the server optimizer's state (momentum, "
+                    "moments) is not checkpointed and starts afresh", strategy.round_offset)

@@ -179,3 +179,13 @@ def test_submit_resume_refuses_what_it_would_ignore(tmp_path, args, message):
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_submit_resume_takes_the_runs_folder_it_lives_in():
+    from fedsim.cli.deploy import _check_resume
+    from fedsim.deploy.flwr_cli import DeployError
+
+    _check_resume({"run_name": "r1", "resume": True, "server_out": "/srv/runs"}, None)
+    with pytest.raises(DeployError, match=r"drop --rounds$"):
+        _check_resume({"run_name": "r1", "resume": True, "server_out": "/srv/runs",
+                       "rounds": 4}, None)

@@ -165,7 +165,10 @@ def _check_resume(given: dict[str, Any], config: Path | None) -> None:
 
     if not given.get("run_name"):
         raise DeployError("--resume continues a run folder: give its --run-name")
-    options = [f"--{k}" for k in _given(given) if k not in DEPLOY_KEYS]
+    # the runs folder (--server-out) says where the run is; everything else it has
+    flags = {o.flag: o.deploy_flag for o in submit_options() if o.deploy_flag}
+    options = [f"--{flags.get(k, k)}" for k in _given(given)
+               if k not in DEPLOY_KEYS and k != "out"]
     if config is not None:
         options.append("--config")
     if options:

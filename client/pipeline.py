@@ -26,6 +26,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 
 from fedsim import protocol
+from fedsim.client.site_journal import refuse_he_switched_off
 from fedsim.fedmodels.training import resolve_device, seeded_generator, train_epochs
 from fedsim.settings import ClientSettings
 
@@ -151,8 +152,12 @@ class PlainProtector:
         self.job = job
 
     def receive(self, model: torch.nn.Module, *, stage: str) -> None:
-        """Load the global as sent."""
-        model.load_state_dict(self.job.msg.content[protocol.ARRAYS].to_torch_state_dict())
+        """Load the global as sent, unless this site took part in the run under HE."""
+        job = self.job
+        data_dir = job.msg.content[protocol.CONFIG].get(protocol.DATA_DIR)
+        refuse_he_switched_off(job.context.node_config, None if data_dir is None else str(data_dir),
+                               int(job.msg.metadata.run_id))
+        model.load_state_dict(job.msg.content[protocol.ARRAYS].to_torch_state_dict())
 
     def seal(self, model: torch.nn.Module, *, weight: float) -> dict[str, Record]:
         """The trained state as an ArrayRecord."""

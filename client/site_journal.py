@@ -105,3 +105,20 @@ def site_journal(node_config, data_dir: str | None) -> SiteJournal:
                            f"client-{client}.jsonl")
     raise JournalError(f"this site has no journal: set node config {NODE_JOURNAL}=PATH "
                        "(or data-dir)")
+
+
+def refuse_he_switched_off(node_config, data_dir: str | None, flower_run: int
+                           ) -> None:
+    """A Flower run a site took part in under HE stays an HE run for it.
+
+    A plaintext message of that run (the server dropping "he" from the settings to
+    read the site's update, or to slip it a plaintext global) is refused for
+    training and evaluation alike. A site with no journal never took part under HE.
+    """
+    try:
+        journal = site_journal(node_config, data_dir)
+    except JournalError:
+        return
+    if journal.find("run", flower_run=flower_run):
+        raise FedsimError("this site took part in this run under HE; it neither trains "
+                           "nor evaluates for it in plaintext")

@@ -681,12 +681,13 @@ def site(keyset, tmp_path):
                 "site-journal": str(tmp_path / f"journal-{cid}.jsonl")}
 
     def send(record, server_round, *, stage="evaluate", cid=0, context=None, run=RUN,
-             clients=CLIENTS, flower_run=1, **extra):
+             clients=CLIENTS, flower_run=1, plaintext=False, **extra):
         he_step._DECRYPTED.clear()
         settings = ClientSettings(
             model=SPEC, seed=SEED, dataset="x", local_epochs=1, batch_size=8, lr=0.1,
             device="cpu", val_fraction=0.1, rounds=3, fraction=1.0,
-            he=HESettings(fingerprint=keyset.fp, run_id=run, clients=clients))
+            he=None if plaintext else HESettings(fingerprint=keyset.fp, run_id=run,
+                                                 clients=clients))
         cfg = ConfigRecord({protocol.SETTINGS: settings.encode(),
                             protocol.ROUND: server_round,
                             protocol.DATA_DIR: str(tmp_path / "no-data")})
@@ -779,6 +780,19 @@ def test_attack_adaptive_queries_leave_the_forgery_bound_overwhelming(keyset):
     for sites, delta, most in ((100, 10.0, -600), (1000, 100.0, -150)):
         layout = he_tag.Layout(num_params=188_810, num_clients=sites)
         assert sites + he_tag.forgery_bound(layout, 33, delta) <= most
+
+
+@pytest.mark.parametrize("stage", ["train", "evaluate"])
+def test_attack_he_switched_off_mid_run_is_refused(keyset, round1, site, stage):
+    # The server drops "he" from the settings of a run the site took part in under
+    # HE: the site would load a plaintext global unchecked and reply in plaintext.
+    assert PASSED in _reason(site.send(round1.record, 1, cid=4))
+    reason = _reason(site.send(plain_initial(), 2, stage=stage, cid=4, plaintext=True))
+    assert "took part in this run under HE" in reason
+    # another Flower run (a plaintext run of its own) is not refused for it
+    other = _reason(site.send(plain_initial(), 1, stage=stage, cid=4, plaintext=True,
+                              flower_run=9))
+    assert "under HE" not in other
 
 
 def test_attack_run_id_reused_by_another_flower_run_is_refused(keyset, round1, site):

@@ -144,7 +144,12 @@ def _strategy_values(text: Any, problems: list[str]) -> dict[str, Any]:
         problems.append(f"{STRATEGY_OPTIONS} must be a JSON table such as "
                         f"'{{\"mu\": 0.01}}', got {text!r}")
         return {}
-    return {str(k).replace("-", "_"): v for k, v in table.items()}
+    own = {o.name for o in strategy_options()}
+    values = {str(k).replace("-", "_"): v for k, v in table.items()}
+    for name in sorted(set(values) - own):
+        problems.append(f"{STRATEGY_OPTIONS} holds '{name}', which is no strategy's "
+                        "option (run options are keys of their own)")
+    return {k: v for k, v in values.items() if k in own}
 
 
 def _fedsim_values(run_config: Mapping[str, Any], problems: list[str]) -> dict:

@@ -29,7 +29,7 @@ from fedsim.deploy.runconfig import DeployPlan, model_spec
 from fedsim.errors import ConfigError
 from fedsim.fedmodels.models import build_model, count_parameters
 from fedsim.privacy.files import LockHeld, atomic_write_json, lock_file
-from fedsim.protocol import flower_run_key, is_flower_run_key
+from fedsim.protocol import MAX_CLASSES, MAX_INPUT, flower_run_key, is_flower_run_key
 from fedsim.server.app import ServerPlan
 from fedsim.simulations.rundir import (
     Checkpoint,
@@ -42,8 +42,6 @@ log = logging.getLogger("fedsim.deploy")
 
 DEPLOYMENT_FILE = "deployment.json"
 LOCK_FILE = ".lock"
-MAX_INPUT = 3 * 1024 * 1024  # values per example a stored model may take (a 1024^2 RGB)
-MAX_CLASSES = 100_000
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -216,6 +216,13 @@ def _check_ranges(cfg: dict[str, Any], problems: list[str]) -> None:
     for key in ("clients", "rounds", "local_epochs", "batch_size", "lr", "alpha",
                 "shards_per_client", "round_timeout", "min_clients", "max_len"):
         positive(key)
+    from fedsim.protocol import SEED_LIMIT, SETTING_LIMITS
+
+    for key, most in SETTING_LIMITS.items():  # what every client accepts
+        if isinstance(cfg[key], int) and cfg[key] > most:
+            problems.append(f"{flag_name(key)} must be at most {most:,}, got {cfg[key]}")
+    if isinstance(cfg["seed"], int) and not 0 <= cfg["seed"] < SEED_LIMIT:
+        problems.append(f"seed must be in [0, 2^63), got {cfg['seed']}")
     fraction = cfg["fraction"]
     if isinstance(fraction, float) and not 0.0 < fraction <= 1.0:
         problems.append(f"fraction must be in (0, 1], got {fraction}")

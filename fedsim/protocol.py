@@ -14,6 +14,15 @@ DATA_DIR = "data-dir"
 SIM_PRIVACY_DIR = "privacy-dir"  # simulation only: where simulated clients keep their
 #                                  own privacy ledgers (a real site: its node config)
 
+# What a site accepts in the settings a server sends: a larger value could only
+# exhaust its memory or time, so it is refused (`fedsim run` and `deploy submit`
+# refuse the same, so an honest run never meets these).
+SETTING_LIMITS = {"local_epochs": 1000, "batch_size": 1 << 20, "rounds": 100_000}
+SEED_LIMIT = 2**63  # seeds are in [0, 2^63): numpy's and torch's range
+MAX_INPUT = 3 * 1024 * 1024  # values per example (a 1024^2 RGB image)
+MAX_CLASSES = 100_000
+VOCAB_RANGE = (3, 1 << 22)  # 0 padding, 1 unknown, then at least one word id
+
 # MetricRecord keys sent back by clients
 NUM_EXAMPLES = "num-examples"
 CLIENT_ID = "client-id"

@@ -26,6 +26,7 @@ import types
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from fedsim import protocol
 from fedsim.config import AccountantKind, Device, RunConfig
 from fedsim.errors import SettingsError
 from fedsim.fedmodels.models import ModelSpec
@@ -106,9 +107,11 @@ class ClientSettings:
 
     def problems(self) -> list[str]:
         """The ranges these settings break (their types are checked by `decode`)."""
-        found = [f"{key} must be >= 1, got {getattr(self, key)}"
-                 for key in ("local_epochs", "batch_size", "rounds")
-                 if getattr(self, key) < 1]
+        found = [f"{key} must be in [1, {most}], got {_shown(getattr(self, key))}"
+                 for key, most in protocol.SETTING_LIMITS.items()
+                 if not 1 <= getattr(self, key) <= most]
+        if not 0 <= self.seed < protocol.SEED_LIMIT:
+            found.append(f"seed must be in [0, 2^63), got {_shown(self.seed)}")
         if not self.lr > 0:
             found.append(f"lr must be > 0, got {self.lr!r}")
         if not 0.0 < self.fraction <= 1.0:
@@ -146,12 +149,17 @@ class ClientSettings:
 
 def _model_problems(model: ModelSpec) -> list[str]:
     found = []
-    if not model.input_shape or min(model.input_shape) < 1:
-        found.append(f"model.input_shape must be sizes >= 1, got {list(model.input_shape)}")
-    if model.num_classes < 1:
-        found.append(f"model.num_classes must be >= 1, got {model.num_classes}")
-    if model.vocab_size is not None and model.vocab_size < 1:
-        found.append(f"model.vocab_size must be >= 1, got {model.vocab_size}")
+    shape = model.input_shape
+    if not 1 <= len(shape) <= 4 or min(shape) < 1 or math.prod(shape) > protocol.MAX_INPUT:
+        found.append(f"model.input_shape must be 1 to 4 sizes >= 1 of at most "
+                     f"{protocol.MAX_INPUT:,} values, got {_shown(list(shape))}")
+    if not 1 <= model.num_classes <= protocol.MAX_CLASSES:
+        found.append(f"model.num_classes must be in [1, {protocol.MAX_CLASSES:,}], got "
+                     f"{_shown(model.num_classes)}")
+    low, high = protocol.VOCAB_RANGE
+    if model.vocab_size is not None and not low <= model.vocab_size <= high:
+        found.append(f"model.vocab_size must be in [{low}, {high:,}], got "
+                     f"{_shown(model.vocab_size)}")
     return found
 
 

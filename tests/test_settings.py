@@ -78,14 +78,24 @@ def test_whole_numbers_are_numbers_but_not_the_reverse():
     ({"model": {**SPEC.to_dict(), "input_shape": [1, "8"]}},
      "model.input_shape must be a list of whole numbers"),
     ({"extra": 1}, "unknown setting 'extra'"),
-    ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+    ({"batch_size": 0}, "batch_size must be in [1, 1048576], got 0"),
+    ({"local_epochs": 10**18}, "local_epochs must be in [1, 1000]"),
+    ({"rounds": 10**9}, "rounds must be in [1, 100000]"),
+    ({"seed": -1}, "seed must be in [0, 2^63), got -1"),
+    ({"model": {**SPEC.to_dict(), "input_shape": [1, 10**6, 10**6]}},
+     "model.input_shape must be 1 to 4 sizes >= 1 of at most 3,145,728 values"),
+    ({"model": {**SPEC.to_dict(), "input_shape": [0] * 100_000}},
+     "model.input_shape must be 1 to 4 sizes"),
+    ({"model": {**SPEC.to_dict(), "num_classes": 10**12}},
+     "model.num_classes must be in [1, 100,000]"),
+    ({"model": {**SPEC.to_dict(), "vocab_size": 2}}, "model.vocab_size must be in [3, "),
     ({"fraction": 1.5}, "fraction must be in (0, 1], got 1.5"),
     ({"val_fraction": 0.0}, "val_fraction must be in (0, 1), got 0.0"),
     ({"lr": -0.1}, "lr must be > 0, got -0.1"),
 ])
 def test_malformed_settings_are_refused_in_one_line(changes, expected):
     reason = refusal(sent(**changes))
-    assert expected in reason and "\n" not in reason
+    assert expected in reason and "\n" not in reason and len(reason) < 400
     assert reason.startswith("the run's settings are malformed: ")
 
 

@@ -75,8 +75,14 @@ def to_fixed(contribution: Sequence[np.ndarray]) -> list[np.ndarray]:
     streaming aggregation stays reproducible.
     """
     scale = float(2**FIXED_POINT_BITS)
-    return [np.rint(np.asarray(c, dtype=np.float64) * scale).astype(np.int64)
-            for c in contribution]
+    scaled = [np.rint(np.asarray(c, dtype=np.float64) * scale) for c in contribution]
+    # checked before the cast: beyond int64 it would wrap (to INT64_MIN, whose
+    # absolute value is negative), and the running bound would never see it
+    if any(a.size and not float(np.abs(a).max()) < _SUM_LIMIT for a in scaled):
+        raise FixedPointOverflow(
+            "update too large for the fixed-point sum (|weight x value| above "
+            f"{_SUM_LIMIT / scale:.3g})")
+    return [a.astype(np.int64) for a in scaled]
 
 
 def fixed_magnitude(fixed: Sequence[np.ndarray]) -> float:

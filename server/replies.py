@@ -69,6 +69,8 @@ def check_train_reply(msg: Message, reference: ArrayRecord) -> Verdict:
             return _reject(
                 f"array '{key}' has shape {value.shape}, expected {tuple(ref.shape)}", cid
             )
+        if str(value.dtype) != ref.dtype:  # a float64 1e308 would be inf as float32
+            return _reject(f"array '{key}' is {value.dtype}, expected {ref.dtype}", cid)
         if not np.all(np.isfinite(value)):
             return _reject(f"array '{key}' holds NaN or infinite values", cid)
     return verdict

@@ -357,18 +357,9 @@ def _train(model: nn.Module, dataset: TensorDataset, epochs: int, sgd: DPSGD, *,
 
 
 def train_dp(
-    model: nn.Module,
-    x: np.ndarray,
-    y: np.ndarray,
-    *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    noise_multiplier: float,
-    max_grad_norm: float,
-    device: torch.device,
-    randomness: DPRandomness,
-    grad_sample_mode: GradSampleMode = "ghost",
+    model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
+    lr: float, noise_multiplier: float, max_grad_norm: float, device: torch.device,
+    randomness: DPRandomness, grad_sample_mode: GradSampleMode = "ghost",
     proximal_mu: float = 0.0,
 ) -> DPTrainResult:
     """DP-SGD over (x, y) for `epochs` Poisson epochs; `model` is trained in place.

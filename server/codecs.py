@@ -51,6 +51,15 @@ class Codec(Protocol):
         """The next global state from the accumulated sum."""
 
 
+def checked_update(msg: Message, global_arrays: ArrayRecord) -> tuple[int, list[np.ndarray]]:
+    """(client id, arrays) of a plaintext reply, its layout and values checked."""
+    verdict = check_train_reply(msg, global_arrays)
+    if not verdict.ok:
+        raise Rejected(verdict.reason)
+    arrays = msg.content[protocol.ARRAYS]
+    return verdict.client_id, [arrays[k].numpy() for k in global_arrays.keys()]
+
+
 class PlainCodec:
     """Plaintext FedAvg: the server sees each update and averages them.
 
@@ -70,11 +79,7 @@ class PlainCodec:
 
     def contribution(self, msg: Message, global_arrays: ArrayRecord, weight: float) -> list:
         """Check the layout and finiteness, then scale by the weight."""
-        verdict = check_train_reply(msg, global_arrays)
-        if not verdict.ok:
-            raise Rejected(verdict.reason)
-        arrays = msg.content[protocol.ARRAYS]
-        return to_fixed(weighted([arrays[k].numpy() for k in global_arrays.keys()], weight))
+        return to_fixed(weighted(checked_update(msg, global_arrays)[1], weight))
 
     def finish(self, acc: Accumulator, global_arrays: ArrayRecord) -> ArrayRecord:
         """Divide by the total weight, keeping each layer's dtype."""

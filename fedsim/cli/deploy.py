@@ -49,12 +49,11 @@ def enroll(
         Console().print(f"{name}: {outcome}", highlight=False)
 
 
+RunIdArg = Annotated[int, typer.Argument(help="The run id `submit` printed.")]
+
+
 @app.command("status")
-def status(
-    run_id: Annotated[int, typer.Argument(help="The run id `submit` printed.")],
-    superlink: SuperLinkOpt,
-    ca: CAOpt,
-) -> None:
+def status(run_id: RunIdArg, superlink: SuperLinkOpt, ca: CAOpt) -> None:
     """Show a run's status as the SuperLink reports it."""
     from fedsim.deploy.control import run_state
 
@@ -64,11 +63,7 @@ def status(
 
 
 @app.command("log")
-def log(
-    run_id: Annotated[int, typer.Argument(help="The run id `submit` printed.")],
-    superlink: SuperLinkOpt,
-    ca: CAOpt,
-) -> None:
+def log(run_id: RunIdArg, superlink: SuperLinkOpt, ca: CAOpt) -> None:
     """Print the ServerApp's log of a run (rounds, failed and refused sites)."""
     from fedsim.deploy.control import run_log
 

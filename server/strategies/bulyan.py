@@ -10,17 +10,13 @@ import numpy as np
 from fedsim.server.robust import bulyan, bulyan_minimum
 from fedsim.server.strategies.krum import byzantine_option, check_byzantine
 from fedsim.server.strategies.registry import StrategyInfo
-from fedsim.server.strategies.robust_base import REFUSES_HE, RobustFedAvg
+from fedsim.server.strategies.robust_base import REFUSES_HE, ByzantineFedAvg
 
 
-class FedsimBulyan(RobustFedAvg):
+class FedsimBulyan(ByzantineFedAvg):
     """Bulyan over the round's updates (unweighted, as Flower's)."""
 
     rule = "Bulyan"
-
-    def __init__(self, *, byzantine: int = 0, **common: Any) -> None:
-        super().__init__(**common)
-        self.byzantine = byzantine
 
     def needs(self) -> int:
         """At least 4f + 3 updates."""

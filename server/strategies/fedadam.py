@@ -4,40 +4,12 @@ Flower's FedAdam over fedsim's streaming FedAvg sum (see `server_opt`); its opti
 and defaults are Flower's (`--server-lr` is Flower's `eta`).
 """
 
-from __future__ import annotations
-
-from collections.abc import Iterable
-from typing import Any
-
-from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAdam
 
 from fedsim.server.strategies import server_opt
-from fedsim.server.strategies.fedavg import FedsimFedAvg
-from fedsim.server.strategies.registry import StrategyInfo
 
-
-class FedsimFedAdam(FedAdam, FedsimFedAvg):
-    """Flower's FedAdam whose FedAvg is FedsimFedAvg (its `super()` in the MRO)."""
-
-    def __init__(self, *, server_lr: float = 0.1, beta_1: float = 0.9,
-                 beta_2: float = 0.99, tau: float = 1e-3, **common: Any) -> None:
-        FedsimFedAvg.__init__(self, **common)
-        server_opt.fedopt_state(self, eta=server_lr, beta_1=beta_1, beta_2=beta_2, tau=tau)
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """FedsimFedAvg's average, then Flower's step (in the model's dtypes)."""
-        arrays, metrics = super().aggregate_train(server_round, replies)
-        return server_opt.cast_like(arrays, self._global), metrics
-
-
-STRATEGY = StrategyInfo(
-    name="fedadam",
+STRATEGY = server_opt.fedopt(
+    FedAdam, name="fedadam",
     help="FedAdam (Reddi et al. 2021): a server-side Adam step on FedAvg's average "
          "(Flower's FedAdam).",
-    build=FedsimFedAdam,
-    options=(server_opt.server_lr("fedadam", 0.1), *server_opt.betas_and_tau("fedadam")),
-    refuses_he=server_opt.REFUSES_HE,
-    check=server_opt.check,
-)
+    options=(server_opt.server_lr("fedadam", 0.1), *server_opt.betas_and_tau("fedadam")))

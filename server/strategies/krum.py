@@ -10,17 +10,13 @@ import numpy as np
 from fedsim.options import Option
 from fedsim.server.robust import krum_minimum, multi_krum
 from fedsim.server.strategies.registry import StrategyInfo
-from fedsim.server.strategies.robust_base import REFUSES_HE, RobustFedAvg
+from fedsim.server.strategies.robust_base import REFUSES_HE, ByzantineFedAvg
 
 
-class FedsimKrum(RobustFedAvg):
+class FedsimKrum(ByzantineFedAvg):
     """The next global is the update with the lowest Krum score (f Byzantine clients)."""
 
     rule = "Krum"
-
-    def __init__(self, *, byzantine: int = 0, **common: Any) -> None:
-        super().__init__(**common)
-        self.byzantine = byzantine
 
     def needs(self) -> int:
         """More than 2f + 2 updates."""

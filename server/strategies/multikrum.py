@@ -11,17 +11,17 @@ from fedsim.options import Option
 from fedsim.server.robust import krum_minimum, multi_krum
 from fedsim.server.strategies.krum import byzantine_option, check_byzantine, clients_per_round
 from fedsim.server.strategies.registry import StrategyInfo
-from fedsim.server.strategies.robust_base import REFUSES_HE, RobustFedAvg
+from fedsim.server.strategies.robust_base import REFUSES_HE, ByzantineFedAvg
 
 
-class FedsimMultiKrum(RobustFedAvg):
+class FedsimMultiKrum(ByzantineFedAvg):
     """Average the `keep` updates with the lowest Krum scores (0: n - f of them)."""
 
     rule = "Multi-Krum"
 
-    def __init__(self, *, byzantine: int = 0, keep: int = 0, **common: Any) -> None:
+    def __init__(self, *, keep: int = 0, **common: Any) -> None:
         super().__init__(**common)
-        self.byzantine, self.keep = byzantine, keep
+        self.keep = keep
 
     def needs(self) -> int:
         """More than 2f + 2 updates, and at least `keep`."""

@@ -17,11 +17,9 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message
 
-from fedsim import protocol
 from fedsim.errors import ConfigError
 from fedsim.server.aggregate import Accumulator
-from fedsim.server.codecs import PlainCodec, Rejected
-from fedsim.server.replies import check_train_reply
+from fedsim.server.codecs import PlainCodec, checked_update
 from fedsim.server.strategies.fedavg import FedsimFedAvg
 
 log = logging.getLogger("fedsim.server")
@@ -49,11 +47,8 @@ class UpdateList(Accumulator):
         return [e[1] for e in entries], [e[2] for e in entries]
 
 
-class UpdatesCodec:
+class UpdatesCodec(PlainCodec):
     """Plaintext updates kept whole for a rule over all of them (`combine`)."""
-
-    name = "plaintext"
-    readable = True
 
     def __init__(self, combine) -> None:
         self.combine = combine
@@ -62,16 +57,10 @@ class UpdatesCodec:
         """A fresh list for one round."""
         return UpdateList()
 
-    def start_round(self, server_round: int, global_arrays: ArrayRecord) -> None:
-        """Nothing to bind in plaintext."""
-
     def contribution(self, msg: Message, global_arrays: ArrayRecord, weight: float) -> list:
         """(client id, update): checked as FedAvg's plaintext payloads are."""
-        verdict = check_train_reply(msg, global_arrays)
-        if not verdict.ok:
-            raise Rejected(verdict.reason)
-        arrays = msg.content[protocol.ARRAYS]
-        return [verdict.client_id, [arrays[k].numpy().copy() for k in global_arrays.keys()]]
+        client_id, update = checked_update(msg, global_arrays)
+        return [client_id, [a.copy() for a in update]]
 
     def finish(self, acc: UpdateList, global_arrays: ArrayRecord) -> ArrayRecord:
         """The rule's result, in the global model's layers and dtypes."""
@@ -109,3 +98,11 @@ class RobustFedAvg(FedsimFedAvg):
                        f"the model of round {server_round - 1}")
             return None, None
         return super()._finish_round(server_round, acc, losses)
+
+
+class ByzantineFedAvg(RobustFedAvg):
+    """A robust rule built to tolerate f Byzantine clients a round (`--byzantine`)."""
+
+    def __init__(self, *, byzantine: int = 0, **common: Any) -> None:
+        super().__init__(**common)
+        self.byzantine = byzantine

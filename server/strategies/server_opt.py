@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
 
 from fedsim.options import Option
+from fedsim.server.strategies.fedavg import FedsimFedAvg
+from fedsim.server.strategies.registry import StrategyInfo
 
 log = logging.getLogger("fedsim.server")
 
@@ -91,3 +93,36 @@ def warn_on_resume(strategy: Any) -> None:
     if strategy.round_offset:
         log.warning("resumed after round %d: the server optimizer's state (momentum, "
                     "moments) is not checkpointed and starts afresh", strategy.round_offset)
+
+
+class CastBack:
+    """A mixin put first in a class over FedsimFedAvg.
+
+    Its average, then the Flower step that follows it in the MRO, in the model's dtypes.
+    """
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The optimizer's step on FedsimFedAvg's average, in the model's dtypes."""
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        return cast_like(arrays, self._global), metrics
+
+
+def fedopt(flower: type, *, name: str, help: str, options: tuple[Option, ...]
+           ) -> StrategyInfo:
+    """The STRATEGY of one of Flower's FedOpt family over FedsimFedAvg.
+
+    FedAdam, FedYogi, FedAdagrad: the options are `server_lr`, `tau` and, where it
+    has them, `beta_1` and `beta_2` (Adagrad's are 0: no momentum, a running sum).
+    """
+    def __init__(self, **given: Any) -> None:
+        own = {o.name: given.pop(o.name, o.default) for o in options}
+        FedsimFedAvg.__init__(self, **given)
+        fedopt_state(self, eta=own["server_lr"], beta_1=own.get("beta_1", 0.0),
+                     beta_2=own.get("beta_2", 0.0), tau=own["tau"])
+
+    doc = f"Flower's {flower.__name__} whose FedAvg is FedsimFedAvg (its `super()`)."
+    cls = type(f"Fedsim{flower.__name__}", (CastBack, flower, FedsimFedAvg),
+               {"__init__": __init__, "__doc__": doc, "__module__": flower.__module__})
+    return StrategyInfo(name=name, help=help, build=cls, options=options,
+                        refuses_he=REFUSES_HE, check=check)

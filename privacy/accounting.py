@@ -558,6 +558,14 @@ class PrivacyAccountant:
         check_history([entry])
         self._history.append(entry)
 
+    def extended(self, *, noise_multiplier: float, sample_rate: float, steps: int = 1
+                 ) -> PrivacyAccountant:
+        """A new accountant of this one's history and one more entry (this one unchanged)."""
+        other = type(self)()
+        other._history = list(self._history)
+        other.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps)
+        return other
+
     def epsilon(self, delta: float) -> float:
         """Epsilon spent so far at `delta` (worst case over the checks of `epsilon`)."""
         return epsilon(self._history, delta=delta, accountant=self.mechanism)

@@ -32,7 +32,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 
 from fedsim import protocol
-from fedsim.privacy.accounting import STEPS_MAX, Step, default_delta, epsilon
+from fedsim.privacy.accounting import (
+    STEPS_MAX,
+    PrivacyAccountant,
+    Step,
+    default_delta,
+    make_accountant,
+)
 from fedsim.privacy.ledger import (
     AGGREGATED,
     EXHAUSTED,
@@ -95,7 +101,8 @@ class DPFedAvg(FedsimFedAvg):
         """The cap K: no client is sampled for training more often (None: no cap)."""
         self.sent: dict[int, int] = {}  # client id -> train messages sent to it
         self.min_clients = min_clients
-        self.histories: dict[int, list[Entry]] = {}
+        self.histories: dict[int, list[Entry]] = {}  # what each client is sent back
+        self.accountants: dict[int, PrivacyAccountant] = {}  # what each has spent
         self.epsilons: dict[int, float] = {}
         self.exhausted: dict[int, int] = {}  # client id -> round it ran out
         self._pending: dict[int, LedgerRecord] = {}  # screened, not yet summed
@@ -118,6 +125,8 @@ class DPFedAvg(FedsimFedAvg):
             self.histories.setdefault(cid, []).append(
                 (record.round, record.release, record.noise_multiplier,
                  record.sample_rate, record.steps))
+            self._accountant(cid).step(noise_multiplier=record.noise_multiplier,
+                                       sample_rate=record.sample_rate, steps=record.steps)
             self.sent[cid] = max(self.sent.get(cid, 0), len(self.histories[cid]))
         if record.spends or cid not in self.epsilons:
             self.epsilons[cid] = record.epsilon
@@ -131,17 +140,22 @@ class DPFedAvg(FedsimFedAvg):
         reported = metrics.get(protocol.DP_DELTA)
         return float(reported) if _number(reported) and 0 < reported < 1 else 1e-5
 
-    def _history_steps(self, cid: int) -> list[Step]:
-        return [(e[2], e[3], e[4]) for e in self.histories.get(cid, [])]
+    def _accountant(self, cid: int) -> PrivacyAccountant:
+        if cid not in self.accountants:
+            self.accountants[cid] = make_accountant(self.accountant)
+        return self.accountants[cid]
 
     def _record(self, server_round: int, cid: int, metrics, *, outcome: str,
                 step: Step | None, reason: str | None = None
                 ) -> LedgerRecord:
         """The ledger record of one reply; its epsilon counts `step` if released."""
         delta = self._delta(metrics)
-        history = self._history_steps(cid) + ([step] if step else [])
-        eps = (epsilon(history, delta=delta, accountant=self.accountant)
-               if step else self.epsilons.get(cid, 0.0))
+        if step:
+            noise, rate, steps = step
+            eps = self._accountant(cid).extended(
+                noise_multiplier=noise, sample_rate=rate, steps=steps).epsilon(delta)
+        else:
+            eps = self.epsilons.get(cid, 0.0)
         site = metrics.get(protocol.DP_EPSILON)
         noise, rate, steps = step or (0.0, 0.0, 0)
         return LedgerRecord(

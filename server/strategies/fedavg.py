@@ -147,8 +147,10 @@ class FedsimFedAvg(FedAvg):
 
     # -- helpers ------------------------------------------------------------------
     def _messages(self, record: RecordDict, client_ids: list[int], kind: str) -> list[Message]:
-        nodes = [self.federation.nodes[c] for c in client_ids]
-        return list(self._construct_messages(record, nodes, kind))
+        # one message per node, the same payload (Flower's private
+        # `_construct_messages` does the same; fedsim does not rely on it)
+        return [Message(content=record, message_type=kind,
+                        dst_node_id=self.federation.nodes[c]) for c in client_ids]
 
     def _note(self, verdict: Verdict, msg: Message, stage: str) -> None:
         who = verdict.client_id if verdict.client_id is not None else self._client_of(msg)
@@ -174,6 +176,7 @@ class FedsimFedAvg(FedAvg):
         return f"node {node}"
 
     def _count_timeouts(self, stage: str) -> None:
+        # fedsim's StreamingGrid counts the round's timeouts; Flower's own Grid does not
         missing = list(getattr(self._grid, "last_timeouts", []))
         if missing:
             self.stats.timed_out += len(missing)

@@ -99,7 +99,7 @@ def _round_end_hook(strategy: FedsimFedAvg, evaluator: CentralEvaluator | None,
     def hook(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0 and strategy.round_offset:
             return None  # a resumed run: the initial evaluation was done before
-        server_round += strategy.round_offset
+        server_round = strategy.run_round(server_round)
         if strategy.stop_reason is not None and strategy.stats.clients_sampled == 0:
             return None  # the run has ended early; nothing happened this round
         completed.update(round=server_round, arrays=arrays)

@@ -212,7 +212,7 @@ class DPFedAvg(FedsimFedAvg):
         """Count late releases, then stop cleanly when too few clients can train."""
         self._grid = grid
         self.take_late_replies()
-        actual = server_round + self.round_offset
+        actual = self.run_round(server_round)
         remaining = len(self.eligible_clients(actual))
         if remaining < self.min_clients:
             self._stop(f"only {remaining} client(s) with privacy budget and "

@@ -100,6 +100,14 @@ class FedsimFedAvg(FedAvg):
         self.global_refused: dict[str, int] = {}  # this round's refusals, by stage
         self._replied: set[int] = set()
 
+    def run_round(self, flower_round: int) -> int:
+        """The run's number of Flower's round `flower_round`.
+
+        Flower's loop counts from 1 in every session; a resumed run's first round is
+        the one after its checkpoint. Every entry point from the loop translates here.
+        """
+        return flower_round + self.round_offset
+
     # -- hooks subclasses extend ------------------------------------------------
     def eligible_clients(self, server_round: int) -> list[int] | None:
         """Clients that may be sampled this round (None: all)."""
@@ -193,7 +201,7 @@ class FedsimFedAvg(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord,
                         config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Sample clients (seeded, by client id) and send them the global model."""
-        server_round += self.round_offset
+        server_round = self.run_round(server_round)
         self.stats = RoundStats(round=server_round, started=time.monotonic())
         self.global_refused = {}
         self._global, self._grid = arrays, grid
@@ -280,7 +288,7 @@ class FedsimFedAvg(FedAvg):
         bookkeeping (the DP ledger's durable writes in `screen`, `admit`,
         `not_used`) is not a reply's fault: its failure ends the run.
         """
-        server_round += self.round_offset
+        server_round = self.run_round(server_round)
         acc, losses = self.codec.accumulator(), []
         self._replied: set[int] = set()
         for msg in replies:
@@ -328,7 +336,7 @@ class FedsimFedAvg(FedAvg):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord,
                            config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Sample clients (an independent seeded stream) to evaluate the model."""
-        server_round += self.round_offset
+        server_round = self.run_round(server_round)
         self._grid = grid
         if self.stop_reason is not None:
             return []

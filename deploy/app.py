@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from flwr.app import Array, ArrayRecord, Context
+from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedsim.client.app import app as client_app
@@ -64,8 +64,7 @@ def server_plan(plan: DeployPlan, run_dir: Path,
         he=he_plan(plan), central_eval=False,
         handshake_timeout=plan.handshake_timeout,
         resume_round=checkpoint.round if checkpoint else 0,
-        resume_arrays=(ArrayRecord({k: Array(v) for k, v in checkpoint.arrays.items()})
-                       if checkpoint else None),
+        resume_arrays=checkpoint.arrays if checkpoint else None,
     )
 
 

@@ -7,8 +7,9 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from fedsim import protocol
@@ -54,7 +55,7 @@ class ServerPlan:
     central_eval: bool = True
     handshake_timeout: float = 120.0
     resume_round: int = 0  # rounds already completed (a resumed run)
-    resume_arrays: ArrayRecord | None = None  # the global state after that round
+    resume_arrays: dict[str, np.ndarray] | None = None  # the global state after it
     # set from outside (SIGINT/SIGTERM) to end the run after the last completed round
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -204,7 +205,8 @@ def run_server(grid: Grid, plan: ServerPlan, listener: RoundListener) -> None:
         config[protocol.DATA_DIR] = plan.data_dir
     if plan.data_dir and plan.site_ledger_dir:  # simulated sites keep theirs here
         config[protocol.SIM_PRIVACY_DIR] = plan.site_ledger_dir
-    initial = (plan.resume_arrays if plan.resume_arrays is not None
+    initial = (ArrayRecord({k: Array(v) for k, v in plan.resume_arrays.items()})
+               if plan.resume_arrays is not None
                else ArrayRecord(initial_model(plan).state_dict()))
     completed = {"round": plan.resume_round, "arrays": initial}
     try:

@@ -11,8 +11,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from flwr.app import Array, ArrayRecord
-
 from fedsim.config import RunConfig, config_from_json
 from fedsim.errors import ConfigError
 from fedsim.fedmodels.models import ModelSpec
@@ -283,8 +281,7 @@ def _execute(started: PreparedRun, *, listener, verbose: bool, client_app,
                          if cfg.dp else None),
         he=started.he,
         resume_round=checkpoint.round if checkpoint else 0,
-        resume_arrays=(ArrayRecord({k: Array(v) for k, v in checkpoint.arrays.items()})
-                       if checkpoint else None),
+        resume_arrays=checkpoint.arrays if checkpoint else None,
         stop=stop.event,
     )
     _run_federation(plan, listeners, client_app, cfg, verbose=verbose, stop=stop)

@@ -64,7 +64,7 @@ def test_reopened_run_goes_on_with_its_own_config_and_first_name(tmp_path):
     splan = server_plan(cont.plan, run_dir, cont)
     assert splan.run_id == f"flower-{FIRST}" and splan.resume_round == 1
     for key in arrays.keys():
-        assert torch.equal(torch.from_numpy(splan.resume_arrays[key].numpy()),
+        assert torch.equal(torch.from_numpy(splan.resume_arrays[key]),
                            torch.from_numpy(arrays[key].numpy()))
     deployment = json.loads((run_dir / "deployment.json").read_text())
     assert deployment["run_id"] == f"flower-{FIRST}"

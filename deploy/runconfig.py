@@ -132,12 +132,21 @@ def _optional_path(run_config: Mapping[str, Any], key: str) -> str | None:
     return str(value) if _present(value) else None
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's keys, refused when one repeats (which value would count?)."""
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("a key repeats")
+    return dict(pairs)
+
+
 def _strategy_values(text: Any, problems: list[str]) -> dict[str, Any]:
     """The strategy's own options from their JSON table ("" for none)."""
     if not _present(text):
         return {}
     try:
-        table = json.loads(text) if isinstance(text, str) else None
+        table = (json.loads(text, object_pairs_hook=_unique_keys)
+                 if isinstance(text, str) else None)
     except ValueError:
         table = None
     if not isinstance(table, dict):

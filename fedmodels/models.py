@@ -226,3 +226,9 @@ def build_model(spec: ModelSpec) -> nn.Module:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def parameter_count(spec: ModelSpec) -> int:
+    """Trainable parameters of the model `spec` names, never allocated (meta device)."""
+    with torch.device("meta"):
+        return count_parameters(build_model(spec))

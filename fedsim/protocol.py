@@ -20,7 +20,10 @@ SIM_PRIVACY_DIR = "privacy-dir"  # simulation only: where simulated clients keep
 SETTING_LIMITS = {"local_epochs": 1000, "batch_size": 1 << 20, "rounds": 100_000}
 SEED_LIMIT = 2**63  # seeds are in [0, 2^63): numpy's and torch's range
 MAX_INPUT = 3 * 1024 * 1024  # values per example (a 1024^2 RGB image)
+MAX_TEXT_LEN = 4096  # tokens per example of a text model (attention is L x L)
+MAX_PARAMETERS = 64_000_000  # of the model a run trains (256 MB in float32)
 MAX_CLASSES = 100_000
+MAX_EXAMPLES = 10_000_000  # a reply's example count (its FedAvg weight), at most
 VOCAB_RANGE = (3, 1 << 22)  # 0 padding, 1 unknown, then at least one word id
 
 # MetricRecord keys sent back by clients

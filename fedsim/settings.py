@@ -29,7 +29,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from fedsim import protocol
 from fedsim.config import AccountantKind, Device, RunConfig
 from fedsim.errors import SettingsError
-from fedsim.fedmodels.models import ModelSpec
+from fedsim.fedmodels.models import ModelSpec, parameter_count
+from fedsim.privacy.accounting import MAX_TARGET_EPSILON, MIN_DELTA
 
 __all__ = ["ClientSettings", "DPSettings", "HESettings", "SettingsError"]
 
@@ -65,6 +66,12 @@ class DPSettings:
         found = [f"dp.{key} must be a finite number > 0, got {value!r}"
                  for key in DP_NUMBERS
                  if (value := getattr(self, key)) is not None and not value > 0]
+        if self.target_epsilon is not None and self.target_epsilon > MAX_TARGET_EPSILON:
+            found.append(f"dp.target_epsilon must be at most {MAX_TARGET_EPSILON:g}, got "
+                         f"{_shown(self.target_epsilon)}")
+        if self.delta is not None and not MIN_DELTA <= self.delta < 1:
+            found.append(f"dp.delta must be in [{MIN_DELTA:g}, 1), got "
+                         f"{_shown(self.delta)}")
         if self.max_participations is not None and self.max_participations < 1:
             found.append(f"dp.max_participations must be >= 1, got "
                          f"{self.max_participations}")
@@ -150,9 +157,11 @@ class ClientSettings:
 def _model_problems(model: ModelSpec) -> list[str]:
     found = []
     shape = model.input_shape
-    if not 1 <= len(shape) <= 4 or min(shape) < 1 or math.prod(shape) > protocol.MAX_INPUT:
+    most = protocol.MAX_TEXT_LEN if len(shape) == 1 else protocol.MAX_INPUT
+    if not 1 <= len(shape) <= 4 or min(shape) < 1 or math.prod(shape) > most:
         found.append(f"model.input_shape must be 1 to 4 sizes >= 1 of at most "
-                     f"{protocol.MAX_INPUT:,} values, got {_shown(list(shape))}")
+                     f"{most:,} values ({protocol.MAX_TEXT_LEN:,} tokens for text), got "
+                     f"{_shown(list(shape))}")
     if not 1 <= model.num_classes <= protocol.MAX_CLASSES:
         found.append(f"model.num_classes must be in [1, {protocol.MAX_CLASSES:,}], got "
                      f"{_shown(model.num_classes)}")
@@ -160,6 +169,14 @@ def _model_problems(model: ModelSpec) -> list[str]:
     if model.vocab_size is not None and not low <= model.vocab_size <= high:
         found.append(f"model.vocab_size must be in [{low}, {high:,}], got "
                      f"{_shown(model.vocab_size)}")
+    if not found:
+        try:
+            size = parameter_count(model)
+        except Exception:  # noqa: BLE001 - a spec the model cannot take is refused
+            size = 0  # when the site builds it, with the model's own message
+        if size > protocol.MAX_PARAMETERS:
+            found.append(f"model {_shown(model.name)} would have {size:,} parameters; "
+                         f"a site trains at most {protocol.MAX_PARAMETERS:,}")
     return found
 
 

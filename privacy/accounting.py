@@ -357,6 +357,10 @@ def _positive(value: float | None, flag: str, example: str) -> list[str]:
     return [f"{flag} must be a positive number, got {value}; use e.g. {flag} {example}"]
 
 
+MAX_TARGET_EPSILON = 100.0
+MIN_DELTA = 1e-20  # below it Opacus' noise search runs for minutes: a site's DoS
+
+
 def check_dp_params(
     *,
     noise_multiplier: float | None = None,
@@ -372,9 +376,13 @@ def check_dp_params(
         *_positive(max_grad_norm, "--max-grad-norm", "1.0"),
         *_positive(epsilon_budget, "--epsilon-budget", "10"),
     ]
-    if delta is not None and not 0.0 < delta < 1.0:
+    if target_epsilon is not None and target_epsilon > MAX_TARGET_EPSILON:
+        problems.append(f"--target-epsilon must be at most {MAX_TARGET_EPSILON:g}, got "
+                        f"{target_epsilon:g} (beyond it DP promises nothing, and noise "
+                        "calibration never ends)")
+    if delta is not None and not MIN_DELTA <= delta < 1.0:
         problems.append(
-            f"--delta must be in (0, 1), got {delta}; use a value below 1/n "
+            f"--delta must be in [{MIN_DELTA:g}, 1), got {delta}; use a value below 1/n "
             "(n = examples per client), or leave it out for min(1e-5, 0.1/n)"
         )
     if noise_multiplier is not None and target_epsilon is not None:

@@ -46,6 +46,9 @@ def check_metrics(msg: Message, *, need_weight: bool = True) -> Verdict:
         weight = metrics.get(protocol.NUM_EXAMPLES)
         if not isinstance(weight, int | float) or not np.isfinite(weight) or weight <= 0:
             return _reject(f"missing or non-positive weight '{protocol.NUM_EXAMPLES}'", cid)
+        if weight > protocol.MAX_EXAMPLES:  # one reply would fill the fixed-point sum
+            return _reject(f"weight '{protocol.NUM_EXAMPLES}' {weight:.3g} is above "
+                           f"{protocol.MAX_EXAMPLES:,}", cid)
     return Verdict(ok=True, client_id=cid)
 
 

@@ -10,7 +10,8 @@ from flwr.serverapp.strategy import FedYogi
 from fedsim.server.strategies import server_opt
 
 STRATEGY = server_opt.fedopt(
-    FedYogi, name="fedyogi",
+    FedYogi, module=__name__, name="fedyogi",
     help="FedYogi (Reddi et al. 2021): a server-side Yogi step on FedAvg's average "
          "(Flower's FedYogi).",
     options=(server_opt.server_lr("fedyogi", 0.01), *server_opt.betas_and_tau("fedyogi")))
+FedsimFedYogi = STRATEGY.build  # importable by its name (pickle, logs)

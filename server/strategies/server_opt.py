@@ -108,8 +108,8 @@ class CastBack:
         return cast_like(arrays, self._global), metrics
 
 
-def fedopt(flower: type, *, name: str, help: str, options: tuple[Option, ...]
-           ) -> StrategyInfo:
+def fedopt(flower: type, *, module: str, name: str, help: str,
+           options: tuple[Option, ...]) -> StrategyInfo:
     """The STRATEGY of one of Flower's FedOpt family over FedsimFedAvg.
 
     FedAdam, FedYogi, FedAdagrad: the options are `server_lr`, `tau` and, where it
@@ -123,6 +123,6 @@ def fedopt(flower: type, *, name: str, help: str, options: tuple[Option, ...]
 
     doc = f"Flower's {flower.__name__} whose FedAvg is FedsimFedAvg (its `super()`)."
     cls = type(f"Fedsim{flower.__name__}", (CastBack, flower, FedsimFedAvg),
-               {"__init__": __init__, "__doc__": doc, "__module__": flower.__module__})
+               {"__init__": __init__, "__doc__": doc, "__module__": module})
     return StrategyInfo(name=name, help=help, build=cls, options=options,
                         refuses_he=REFUSES_HE, check=check)

@@ -34,3 +34,27 @@ def test_attack_one_crafted_update_cannot_corrupt_the_global(name, evil):
     (values,) = layers(result)
     assert values.dtype == np.float32 and np.all(np.isfinite(values))
     assert np.all(np.abs(values) < 10), f"{name}: the crafted update moved the global"
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedprox"])
+def test_attack_one_huge_example_count_cannot_crowd_out_the_others(name):
+    # weight 2^32 - 1 x values 1.0 filled the fixed-point sum: every honest reply
+    # after it overflowed, and the global was the attacker's
+    strategy = build(name, clients=8)
+    updates = {7: arrays(np.ones(4)), **HONEST}
+    sent = {cid: (2**32 - 1 if cid == 7 else 100) for cid in updates}
+    result, _ = train_round_weighted(strategy, updates, sent)
+    (values,) = layers(result)
+    assert np.all(np.abs(values - 0.53) < 0.1), f"{name}: {values}"
+
+
+def train_round_weighted(strategy, updates, weights):
+    from flwr.app import ConfigRecord
+
+    from tests.strategy_rounds import reply
+
+    sent = list(strategy.configure_train(1, arrays(np.zeros(4)), ConfigRecord({}), None))
+    by_node = {m.metadata.dst_node_id: m for m in sent}
+    replies = [reply(by_node[100 + cid], cid, update, examples=weights[cid])
+               for cid, update in updates.items()]
+    return strategy.aggregate_train(1, replies)

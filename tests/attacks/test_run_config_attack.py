@@ -41,7 +41,8 @@ def test_attack_another_strategys_option_is_refused_through_the_table():
     assert plan.config.option("mu") == 0.5
 
 
-@pytest.mark.parametrize("table", ["[1, 2]", "not json", '"mu"', "1e999"])
+@pytest.mark.parametrize("table", ["[1, 2]", "not json", '"mu"', "1e999",
+                                   '{"mu": 0.1, "mu": 1e308}'])
 def test_attack_malformed_strategy_table_is_one_line(table):
     with pytest.raises(ConfigError, match="must be a JSON table"):
         deploy_plan({**app_config(), "strategy-options": table}, run_id=3)

@@ -33,6 +33,11 @@ def _model(**changes) -> dict:
     {"model": _model(input_shape=[1, 10**6, 10**6])},
     {"model": _model(input_shape=[1] * 100_000)},
     {"model": _model(name="text", input_shape=[10**12], vocab_size=2)},
+    {"model": _model(name="text", input_shape=[3 * 1024 * 1024], vocab_size=100)},
+    {"model": _model(input_shape=[1, 1024, 3072], num_classes=100_000)},
+    {"dp": {**harness.settings()["dp"], "noise_multiplier": None,
+            "target_epsilon": 1e300}},
+    {"dp": {**harness.settings()["dp"], "delta": 1e-300}},
 ])
 @pytest.mark.parametrize("kind", [MessageType.TRAIN, MessageType.EVALUATE])
 def test_attack_oversized_work_is_refused_before_any_allocation(changes, kind):

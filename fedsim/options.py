@@ -47,6 +47,15 @@ class Option:
     deploy_flag: str | None = None  # `deploy submit`'s name when it differs
     owner: str | None = None  # a plug-in's option: the plug-in's name
     on_cli: bool = True  # False: a run-config key with no flag of its own
+    # a plug-in option's range, checked with the config: valid(value), its wording
+    valid: Callable[[Any], bool] | None = None
+    valid_text: str = ""
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` is out of this option's range, or None."""
+        if self.valid is None or self.valid(value):
+            return None
+        return f"--{self.flag} must be {self.valid_text}, got {value}"
 
     @property
     def flag(self) -> str:

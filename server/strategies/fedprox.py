@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -40,13 +39,6 @@ class FedsimFedProx(FedsimFedAvg):
         return replace(super().settings_for_clients(settings), proximal_mu=self.mu)
 
 
-def _check(cfg: Mapping[str, Any], options: Mapping[str, Any]) -> list[str]:
-    mu = options["mu"]
-    if not (isinstance(mu, float) and math.isfinite(mu) and mu >= 0):
-        return [f"--mu must be a finite number >= 0, got {mu}"]
-    return []
-
-
 STRATEGY = StrategyInfo(
     name="fedprox",
     help="FedProx (Li et al. 2020): FedAvg's aggregation; clients add the proximal "
@@ -55,6 +47,7 @@ STRATEGY = StrategyInfo(
     build=FedsimFedProx,
     options=(Option(name="mu", kind=float, default=0.0, owner="fedprox",
                     help="FedProx's proximal weight mu (0: FedAvg's local training; "
-                         "the paper tries 0.001 to 1)."),),
-    check=_check,
+                         "the paper tries 0.001 to 1).",
+                    valid=lambda mu: math.isfinite(mu) and mu >= 0,
+                    valid_text="a finite number >= 0"),),
 )

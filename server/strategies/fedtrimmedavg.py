@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -28,13 +27,6 @@ class FedsimFedTrimmedAvg(RobustFedAvg):
         return trimmed_mean(updates, self.trim_fraction)
 
 
-def _check(cfg: Mapping[str, Any], options: Mapping[str, Any]) -> list[str]:
-    trim = options["trim_fraction"]
-    if not 0 <= trim < 0.5:
-        return [f"--trim-fraction must be in [0, 0.5), got {trim}"]
-    return []
-
-
 STRATEGY = StrategyInfo(
     name="fedtrimmedavg",
     help="FedTrimmedAvg (Yin et al. 2018): per coordinate, the mean of the updates "
@@ -42,7 +34,7 @@ STRATEGY = StrategyInfo(
     build=FedsimFedTrimmedAvg,
     options=(Option(name="trim_fraction", kind=float, default=0.2, owner="fedtrimmedavg",
                     help="Fraction cut at each end, in [0, 0.5) (Flower's beta); "
-                         "int(fraction x updates) values per end."),),
+                         "int(fraction x updates) values per end.",
+                    valid=lambda trim: 0 <= trim < 0.5, valid_text="in [0, 0.5)"),),
     refuses_he=REFUSES_HE,
-    check=_check,
 )

@@ -103,7 +103,8 @@ def check_strategy(cfg: Mapping[str, Any], values: Mapping[str, Any]) -> list[st
     if name not in strategies():
         return [f"unknown strategy '{name}'; choose one of: {', '.join(strategies())}"]
     info = strategies()[name]
-    problems = list(info.check(cfg, values)) if info.check else []
+    problems = [p for o in info.options if (p := o.problem(values[o.name])) is not None]
+    problems += list(info.check(cfg, values)) if info.check else []
     if info.refuses_he and cfg.get("secure_agg") == "he":
         problems.append(f"--strategy {name} cannot run with --secure-agg he: "
                         f"{info.refuses_he}")

@@ -578,9 +578,6 @@ class PrivacyAccountant:
         """Epsilon spent so far at `delta` (worst case over the checks of `epsilon`)."""
         return epsilon(self._history, delta=delta, accountant=self.mechanism)
 
-    def __len__(self) -> int:
-        return len(self._history)
-
     def state_dict(self) -> dict:
         """The state as plain JSON-able values."""
         return {"mechanism": self.mechanism, "history": [list(e) for e in self._history]}

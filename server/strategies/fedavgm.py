@@ -50,7 +50,7 @@ STRATEGY = StrategyInfo(
     build=FedsimFedAvgM,
     options=(server_opt.server_lr("fedavgm", 1.0),
              Option(name="momentum", kind=float, default=0.9, owner="fedavgm",
-                    help="Server momentum, in [0, 1) (0 with --server-lr 1: FedAvg).")),
+                    help="Server momentum, in [0, 1) (0 with --server-lr 1: FedAvg).",
+                    **server_opt.DECAY)),
     refuses_he=server_opt.REFUSES_HE,
-    check=server_opt.check,
 )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -30,19 +30,27 @@ REFUSES_HE = ("the server applies its optimizer step to the averaged update, whi
               "--secure-agg he hides from the server")
 
 
+def _finite_positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+DECAY = {"valid": lambda value: 0 <= value < 1, "valid_text": "in [0, 1)"}  # momenta
+
+
 def server_lr(owner: str, default: float) -> Option:
     """The server's learning rate (Flower: `server_learning_rate` or `eta`)."""
     return Option(name="server_lr", kind=float, default=default, owner=owner,
-                  help="Server-side learning rate of the optimizer step on the average.")
+                  help="Server-side learning rate of the optimizer step on the average.",
+                  valid=_finite_positive, valid_text="a finite number > 0")
 
 
 def betas_and_tau(owner: str) -> tuple[Option, ...]:
     """FedAdam's and FedYogi's beta_1, beta_2 and tau, at Flower's defaults."""
     return (
         Option(name="beta_1", kind=float, default=0.9, owner=owner,
-               help="First-moment (momentum) decay, in [0, 1)."),
+               help="First-moment (momentum) decay, in [0, 1).", **DECAY),
         Option(name="beta_2", kind=float, default=0.99, owner=owner,
-               help="Second-moment decay, in [0, 1)."),
+               help="Second-moment decay, in [0, 1).", **DECAY),
         tau(owner),
     )
 
@@ -50,23 +58,8 @@ def betas_and_tau(owner: str) -> tuple[Option, ...]:
 def tau(owner: str) -> Option:
     """The adaptivity constant added to the root of the second moment."""
     return Option(name="tau", kind=float, default=1e-3, owner=owner,
-                  help="Adaptivity: added to the root of the second moment (> 0).")
-
-
-def check(cfg: Mapping[str, Any], options: Mapping[str, Any]) -> list[str]:
-    """Problems of whichever of server_lr, momentum, beta_1, beta_2, tau are given."""
-    problems = []
-    lr = options.get("server_lr")
-    if lr is not None and not (math.isfinite(lr) and lr > 0):
-        problems.append(f"--server-lr must be a finite number > 0, got {lr}")
-    for name in ("momentum", "beta_1", "beta_2"):
-        value = options.get(name)
-        if value is not None and not 0 <= value < 1:
-            problems.append(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
-    value = options.get("tau")
-    if value is not None and not (math.isfinite(value) and value > 0):
-        problems.append(f"--tau must be a finite number > 0, got {value}")
-    return problems
+                  help="Adaptivity: added to the root of the second moment (> 0).",
+                  valid=_finite_positive, valid_text="a finite number > 0")
 
 
 def cast_like(arrays: ArrayRecord | None, like: ArrayRecord | None) -> ArrayRecord | None:
@@ -125,4 +118,4 @@ def fedopt(flower: type, *, module: str, name: str, help: str,
     cls = type(f"Fedsim{flower.__name__}", (CastBack, flower, FedsimFedAvg),
                {"__init__": __init__, "__doc__": doc, "__module__": module})
     return StrategyInfo(name=name, help=help, build=cls, options=options,
-                        refuses_he=REFUSES_HE, check=check)
+                        refuses_he=REFUSES_HE)
